@@ -1,0 +1,3 @@
+from kevolve.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,30 @@
+"""Test setup: Triton's interpreter on the CPU, and state kept in a temporary folder."""
+
+import os
+import sys
+from pathlib import Path
+
+# Must be set before anything imports triton.
+os.environ.setdefault("TRITON_INTERPRET", "1")
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+
+
+@pytest.fixture(autouse=True)
+def isolated_state(tmp_path, monkeypatch):
+    """Each test gets its own state folder, never the user's."""
+    monkeypatch.setenv("KEVOLVE_HOME", str(tmp_path / "kevolve-home"))
+    yield
+
+
+def run_cli(*args: str, cwd: Path | None = None):
+    """Run `kevolve ARGS` in a fresh interpreter, as a user would."""
+    import subprocess
+
+    return subprocess.run([sys.executable, "-m", "kevolve", *args], capture_output=True, text=True,
+                          cwd=cwd or REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=600)
