@@ -1,0 +1,68 @@
+"""A candidate kernel: a self-contained module's source, what language it launches, and how it
+was made (so a result can be replayed and learned from)."""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+
+@dataclass(frozen=True)
+class Transform:
+    """One search action, as data: set a knob (`num_warps` to 8) or apply a rewrite."""
+
+    name: str
+    value: Any = None
+
+    def __str__(self) -> str:
+        return self.name if self.value is None else f"{self.name}={self.value}"
+
+
+@dataclass(frozen=True)
+class Origin:
+    """What made a candidate."""
+
+    synthesizer: str  # "offline", "llm", "library", "manual"
+    family: str | None = None  # the offline template family, when there is one
+    config: Mapping[str, Any] = field(default_factory=dict)  # every knob of the template
+    transforms: tuple[Transform, ...] = ()  # applied to the parent to get here
+    prompt_hash: str | None = None  # LLM: the prompt that produced it
+    model: str | None = None  # LLM: the model that answered
+    memory_mode: str | None = None  # inherit | siblings | restart
+    note: str = ""  # one line: what changed and why
+
+
+@dataclass(frozen=True)
+class Candidate:
+    code: str
+    spec_name: str
+    origin: Origin
+    language: str = "triton"
+
+    @property
+    def code_hash(self) -> str:
+        return code_hash(self.code)
+
+
+def normalise_code(code: str) -> str:
+    """Source with comments, docstrings-free formatting and spacing removed, so that two
+    candidates that differ only there count as one."""
+    try:
+        tree = ast.parse(code)
+    except SyntaxError:
+        return "\n".join(line.rstrip() for line in code.strip().splitlines())
+    for node in ast.walk(tree):
+        body = getattr(node, "body", None)
+        if (isinstance(body, list) and body and isinstance(body[0], ast.Expr)
+                and isinstance(getattr(body[0], "value", None), ast.Constant)
+                and isinstance(body[0].value.value, str)):
+            body.pop(0)
+            if not body:
+                body.append(ast.Pass())
+    return ast.unparse(tree)
+
+
+def code_hash(code: str) -> str:
+    return hashlib.sha256(normalise_code(code).encode()).hexdigest()[:16]
