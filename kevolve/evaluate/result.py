@@ -13,7 +13,7 @@ from typing import Any, Mapping
 class Outcome(str, Enum):
     CORRECT = "correct"  # passed every check; timed
     WRONG = "wrong"  # ran, but an output (or an input, or a repeat run) was off
-    REJECTED = "rejected"  # failed a static check; never ran
+    REJECTED = "rejected"  # failed a static check (never ran), or broke the sandbox or ran torch compute
     COMPILE_ERROR = "compile_error"  # did not import or compile
     CRASHED = "crashed"  # raised, or killed its worker (GPU fault, memory limit)
     TIMED_OUT = "timed_out"  # killed at the wall-clock limit
@@ -58,6 +58,13 @@ class Baselines:
     def fastest(self, among: tuple[str, ...] = BASELINE_NAMES) -> tuple[str, Timing] | None:
         timed = [(n, self.get(n)) for n in among if self.get(n) is not None]
         return min(timed, key=lambda nt: nt[1].median_ms) if timed else None
+
+    def to_dict(self) -> dict[str, Any]:
+        return _plain(self)
+
+    @staticmethod
+    def from_dict(d: Mapping[str, Any]) -> "Baselines":
+        return _build(Baselines, d)
 
 
 @dataclass(frozen=True)
