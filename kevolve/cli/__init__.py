@@ -14,6 +14,7 @@ from kevolve.errors import KevolveError
 COMMANDS = [
     "kevolve.cli.specs_cmd",
     "kevolve.cli.hw_cmd",
+    "kevolve.cli.eval_cmd",
 ]
 
 
