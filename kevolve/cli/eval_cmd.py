@@ -5,7 +5,6 @@ Exits 0 when the candidate is correct, 1 otherwise (so scripts can gate on it).
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from kevolve.errors import KevolveError

@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 import tempfile
+import threading
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -45,12 +46,13 @@ class Evaluator:
                  timeout_s: float = 120.0, memory_limit_mb: int = 16384, scratch_root: Path | None = None,
                  gpus: Sequence[int] | None = None, baselines: bool = True, max_autotune: bool = True,
                  timing_trials: int = 100, time_budget_s: float = 2.0, ncu: bool = False,
-                 pool: WorkerPool | None = None):
+                 baseline_timeout_s: float = BASELINE_TIMEOUT_S, pool: WorkerPool | None = None):
         self.spec, self.target = spec, target
         self.timeout_s = timeout_s
         self.with_baselines, self.max_autotune = baselines, max_autotune
         self.timing_trials, self.time_budget_s = timing_trials, time_budget_s
         self.with_ncu = ncu
+        self.baseline_timeout_s = max(baseline_timeout_s, timeout_s)
         self.dims = dict(spec.shapes_for(target.interpreter)[0])
         self._own_pool = pool is None
         if pool is None:
@@ -60,6 +62,7 @@ class Evaluator:
                               gpus=gpus, memory_limit_mb=memory_limit_mb)
         self.pool = pool
         self._baselines: Baselines | None = None
+        self._baselines_lock = threading.Lock()
         self._ceilings: Ceilings | None = None
 
     # Public API -------------------------------------------------------------------------------
@@ -86,9 +89,11 @@ class Evaluator:
         return self.evaluate([candidate])[0]
 
     def baselines(self) -> Baselines:
-        if self._baselines is None:
-            self._baselines = self._load_or_time_baselines()
-        return self._baselines
+        """Timed once per (spec, shape, device) and cached under the state folder."""
+        with self._baselines_lock:
+            if self._baselines is None:
+                self._baselines = self._load_or_time_baselines()
+            return self._baselines
 
     def close(self) -> None:
         if self._own_pool:
@@ -170,7 +175,8 @@ class Evaluator:
             if reply.status == "timed_out":
                 detail = f"killed after {self.timeout_s:g} s"
             elif reply.status == "memory":
-                detail = f"killed at {reply.data.get('rss_mb', 0):.0f} MB resident (limit {self.pool.memory_limit_mb} MB)"
+                detail = (f"killed at {reply.data.get('rss_mb', 0):.0f} MB resident "
+                          f"(limit {self.pool.memory_limit_mb} MB)")
             else:
                 detail = f"the worker died (exit status {reply.data.get('returncode')})"
             checks.append(Check("run", False, detail))
@@ -219,27 +225,32 @@ class Evaluator:
             errors = {n: e for n, e in cached.errors.items() if not e.startswith(NOT_REQUESTED)}
             if all(n in timings or n in errors for n in names):
                 return Baselines(**timings, errors=errors)
-            with self.pool.locks[slot.gpu].exclusive():
-                for name in BASELINE_NAMES:
-                    if name in timings or name in errors:
-                        continue
-                    if name not in names:
-                        errors[name] = f"{NOT_REQUESTED} (max_autotune=False)"
-                        continue
-                    worker = self.pool.worker(slot)
-                    reply = worker.request({"op": "baseline", "spec": str(self.spec.path), "name": name,
-                                            "trials": self.timing_trials, "budget_s": self.time_budget_s},
-                                           max(self.timeout_s, BASELINE_TIMEOUT_S))
-                    if reply.status != "ok" or not reply.data.get("ok"):
-                        self.pool.discard(slot)
-                        errors[name] = (f"{reply.status}: " + _last_line(reply.data.get("error") or reply.log_tail))
-                    elif reply.data.get("timing"):
-                        timings[name] = Timing(**reply.data["timing"])
-                    else:
-                        errors[name] = reply.data.get("error", "not timed")
-        baselines = Baselines(**timings, errors=errors)
-        baseline_cache.store(path, baselines)
-        return baselines
+            lock = self.pool.locks[slot.gpu]
+            transient: set[str] = set()  # failures of the moment (timeouts, dead workers): not cached
+            for name in BASELINE_NAMES:
+                if name in timings or name in errors:
+                    continue
+                if name not in names:
+                    errors[name] = f"{NOT_REQUESTED} (max_autotune=False)"
+                    continue
+                request = {"op": "baseline", "spec": str(self.spec.path), "name": name,
+                           "trials": self.timing_trials, "budget_s": self.time_budget_s}
+                with lock.shared():  # compiling needs no exclusive GPU
+                    reply = self.pool.worker(slot).request({**request, "phase": "prepare"},
+                                                           self.baseline_timeout_s)
+                if reply.status == "ok" and reply.data.get("ok") and not reply.data.get("error"):
+                    with lock.exclusive():
+                        reply = slot.worker.request({**request, "phase": "time"}, self.baseline_timeout_s)
+                if reply.status != "ok" or not reply.data.get("ok"):
+                    self.pool.discard(slot)
+                    errors[name] = f"{reply.status}: " + _last_line(reply.data.get("error") or reply.log_tail)
+                    transient.add(name)
+                elif reply.data.get("timing"):
+                    timings[name] = Timing(**reply.data["timing"])
+                else:
+                    errors[name] = reply.data.get("error") or "not timed"
+        baseline_cache.store(path, Baselines(**timings, errors={n: e for n, e in errors.items() if n not in transient}))
+        return Baselines(**timings, errors=errors)
 
     # Results ----------------------------------------------------------------------------------
     def _result(self, candidate: Candidate, outcome: Outcome, checks, **kw: Any) -> Evaluation:

@@ -73,7 +73,10 @@ def parse(text: str, calls: int) -> dict[str, float]:
         key = METRICS.get(row.get("Metric Name", ""))
         if key is None:
             continue
-        value = float(row["Metric Value"].replace(",", "") or 0.0)
+        try:
+            value = float(row["Metric Value"].replace(",", ""))
+        except (TypeError, ValueError):  # "n/a" where a metric does not apply
+            continue
         launches.setdefault(row["ID"], {})[key] = value
     if not launches:
         raise NcuError("ncu reported none of the requested metrics")

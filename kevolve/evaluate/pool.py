@@ -87,8 +87,10 @@ class RWLock:
                 self._cond.notify_all()
 
 
-def worker_env(scratch: Path, gpu: int | None, interpreter: bool) -> dict[str, str]:
-    """No inherited secrets: only what Python, CUDA and Triton need, caches inside scratch."""
+def worker_env(scratch: Path, gpu: int | None, interpreter: bool, compile_threads: int = 1) -> dict[str, str]:
+    """No inherited secrets: only what Python, CUDA and Triton need, caches inside scratch.
+    `compile_threads` bounds torch.compile's pool of compiler processes (baselines only), so that
+    several workers on one machine do not start one each per core."""
     env = {k: os.environ[k] for k in _KEPT_ENV if k in os.environ}
     env.update({
         "PYTHONPATH": PACKAGE_PARENT,
@@ -99,7 +101,7 @@ def worker_env(scratch: Path, gpu: int | None, interpreter: bool) -> dict[str, s
         "TRITON_HOME": str(scratch / "home"),
         "TRITON_CACHE_DIR": str(scratch / "triton-cache"),
         "TORCHINDUCTOR_CACHE_DIR": str(scratch / "inductor-cache"),
-        "TORCHINDUCTOR_COMPILE_THREADS": "1",  # compile in-process: no pool of subprocesses
+        "TORCHINDUCTOR_COMPILE_THREADS": str(max(1, compile_threads)),
         "HF_HUB_OFFLINE": "1",
     })
     if interpreter:
@@ -120,8 +122,9 @@ def write_roots(scratch: Path) -> list[str]:
 
 class WorkerProcess:
     def __init__(self, scratch: Path, gpu: int | None, target: HardwareTarget, memory_limit_mb: int,
-                 index: int):
+                 index: int, compile_threads: int = 1):
         self.scratch, self.gpu, self.target = scratch, gpu, target
+        self.compile_threads = compile_threads
         self.memory_limit_mb = memory_limit_mb
         self.log_path = scratch / f"worker-{index}.log"
         self.proc: subprocess.Popen | None = None
@@ -133,7 +136,7 @@ class WorkerProcess:
         return self.proc is not None and self.proc.poll() is None
 
     def start(self) -> None:
-        env = worker_env(self.scratch, self.gpu, self.target.interpreter)
+        env = worker_env(self.scratch, self.gpu, self.target.interpreter, self.compile_threads)
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen([sys.executable, "-m", "kevolve.evaluate.worker"], stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, stderr=log, cwd=self.scratch / "tmp", env=env,
@@ -259,7 +262,9 @@ class WorkerPool:
         with self._cond:
             while not self._free:
                 self._cond.wait()
-            slot = self._free.pop(0)
+            # A free slot whose worker is running saves starting one (seconds of imports).
+            slot = next((s for s in self._free if s.worker is not None and s.worker.alive), self._free[0])
+            self._free.remove(slot)
         try:
             yield slot
         finally:
@@ -269,7 +274,8 @@ class WorkerPool:
 
     def worker(self, slot: Slot) -> WorkerProcess:
         if slot.worker is None or not slot.worker.alive:
-            w = WorkerProcess(self.scratch, slot.gpu, self.target, self.memory_limit_mb, slot.index)
+            threads = max(1, (os.cpu_count() or 1) // len(self.slots))
+            w = WorkerProcess(self.scratch, slot.gpu, self.target, self.memory_limit_mb, slot.index, threads)
             w.start()
             slot.worker = w
             self.device_name = self.device_name or w.info.get("device", "")

@@ -2,8 +2,9 @@
 
 The audit hook (PEP 578) sees file writes, sockets, process spawns, native-library calls, frame
 and garbage-collector introspection. Writes are allowed only under the worker's scratch folders
-(its own caches and the current candidate's folder); processes and native calls only when Triton's
-or torch's own code makes them (Triton runs ptxas, torch.compile its compilers). A violation is
+(its own caches and the current candidate's folder); while a candidate's code is on the stack,
+processes and native calls only when Triton's or torch's own code makes them (Triton runs ptxas,
+torch.compile its compilers, also from code it generated into its cache). A violation is
 recorded and raised as PermissionError; the worker reports it even if the candidate swallowed the
 error. Python 3.11 has no audit event for starting a thread, so the live thread count is compared
 before and after each call instead.
@@ -24,10 +25,12 @@ from types import ModuleType
 from typing import Any, Iterable
 
 _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_TRUNC
-_PATH_EVENTS = {  # event -> indices of path arguments that are written
-    "os.remove": (0,), "os.rmdir": (0,), "os.mkdir": (0,), "os.chmod": (0,), "os.chown": (0,),
-    "os.truncate": (0,), "os.utime": (0,), "os.rename": (0, 1), "os.symlink": (1,), "os.link": (1,),
-    "shutil.rmtree": (0,), "shutil.copyfile": (1,), "shutil.copytree": (1,), "shutil.move": (0, 1),
+_PATH_EVENTS = {  # event -> (index of a path argument written, index of its dir_fd argument or None)
+    "os.remove": ((0, 1),), "os.rmdir": ((0, 1),), "os.mkdir": ((0, 2),), "os.chmod": ((0, 2),),
+    "os.chown": ((0, 3),), "os.utime": ((0, 3),), "os.truncate": ((0, None),),
+    "os.rename": ((0, 2), (1, 3)), "os.symlink": ((1, 2),), "os.link": ((1, 3),),
+    "shutil.rmtree": ((0, None),), "shutil.copyfile": ((1, None),), "shutil.copytree": ((1, None),),
+    "shutil.move": ((0, None), (1, None)),
 }
 _PROCESS_EVENTS = ("subprocess.Popen", "os.system", "os.exec", "os.posix_spawn", "os.spawn",
                    "os.fork", "os.forkpty", "os.kill", "os.killpg", "pty.spawn")
@@ -36,11 +39,13 @@ _INTROSPECTION_EVENTS = ("sys._getframe", "sys._current_frames", "sys.settrace",
 
 
 class Sandbox:
-    def __init__(self, write_roots: Iterable[str | Path], trusted_packages: Iterable[ModuleType]):
+    def __init__(self, write_roots: Iterable[str | Path], trusted_packages: Iterable[ModuleType],
+                 trusted_dirs: Iterable[str | Path] = ()):
         self.write_roots = [os.path.realpath(p) for p in write_roots]
         self.candidate_dir: str | None = None
         self.violations: list[str] = []
-        self._trusted = tuple(os.path.dirname(m.__file__) + os.sep for m in trusted_packages)
+        self._trusted = tuple([os.path.dirname(m.__file__) + os.sep for m in trusted_packages]
+                              + [os.path.realpath(d) + os.sep for d in trusted_dirs])
         paths = sysconfig.get_paths()
         self._stdlib = tuple({paths["stdlib"] + os.sep, paths["platstdlib"] + os.sep})
         self._self_file = __file__
@@ -80,47 +85,55 @@ class Sandbox:
             if writes and isinstance(path, (str, bytes, os.PathLike)) and not self._writable(path):
                 return f"file write outside the candidate's folder: {os.fsdecode(path)}"
         elif event in _PATH_EVENTS:
-            for i in _PATH_EVENTS[event]:
+            for i, fd_i in _PATH_EVENTS[event]:
+                dir_fd = args[fd_i] if fd_i is not None and fd_i < len(args) else None
                 if i < len(args) and isinstance(args[i], (str, bytes, os.PathLike)) \
-                        and not self._writable(args[i]):
+                        and not self._writable(args[i], dir_fd):
                     return f"{event} outside the candidate's folder: {os.fsdecode(args[i])}"
         elif event.startswith("socket."):
             return f"network access ({event})"
-        elif event.startswith(_PROCESS_EVENTS):
-            if not self._called_from_trusted():
-                return f"process control ({event})"
-        elif event.startswith("ctypes."):
-            if not self._called_from_trusted():
-                return f"native call through ctypes ({event})"
+        elif event.startswith(_PROCESS_EVENTS) or event.startswith("ctypes."):
+            # Triton runs ptxas and torch.compile its compilers, also on a candidate's behalf; the
+            # candidate's own code (or code it generated) may not.
+            nearest, candidate_on_stack = self._callers()
+            if candidate_on_stack and not nearest.startswith(self._trusted):
+                kind = "native call through ctypes" if event.startswith("ctypes.") else "process control"
+                return f"{kind} ({event})"
         elif event in _INTROSPECTION_EVENTS:
-            if self._called_from_candidate():  # libraries (typing, torch) introspect for their own ends
+            nearest, _ = self._callers()  # libraries (typing, torch) introspect for their own ends
+            if self.candidate_dir and nearest.startswith(self.candidate_dir + os.sep):
                 return f"introspection ({event})"
         return None
 
-    def _writable(self, path) -> bool:
-        real = os.path.realpath(os.fsdecode(path))
+    def _writable(self, path, dir_fd: Any = None) -> bool:
+        path = os.fsdecode(path)
+        if isinstance(dir_fd, int) and dir_fd >= 0 and not os.path.isabs(path):
+            try:
+                path = os.path.join(os.readlink(f"/proc/self/fd/{dir_fd}"), path)
+            except OSError:
+                return False
+        real = os.path.realpath(path)
         if real in ("/dev/null", "/dev/shm") or real.startswith("/dev/shm/"):
             return True
         roots = self.write_roots + ([self.candidate_dir] if self.candidate_dir else [])
         return any(real == r or real.startswith(r + os.sep) for r in roots)
 
-    def _nearest_caller(self) -> str:
-        """The file of the nearest caller outside the standard library and this module."""
+    def _callers(self) -> tuple[str, bool]:
+        """(file of the nearest caller outside the standard library and this module, whether a frame
+        of the current candidate is on the stack)."""
+        nearest, on_stack = "", False
+        prefix = self.candidate_dir + os.sep if self.candidate_dir else None
         frame = sys._getframe(2)
         while frame is not None:
             name = frame.f_code.co_filename
-            if name == self._self_file or name.startswith(self._stdlib) or name.startswith("<frozen"):
-                frame = frame.f_back
-                continue
-            return name
-        return ""
-
-    def _called_from_trusted(self) -> bool:
-        """Is the nearest caller outside the standard library part of torch, triton or the judge?"""
-        return self._nearest_caller().startswith(self._trusted)
-
-    def _called_from_candidate(self) -> bool:
-        return bool(self.candidate_dir) and self._nearest_caller().startswith(self.candidate_dir + os.sep)
+            if not nearest and not (name == self._self_file or name.startswith(self._stdlib)
+                                    or name.startswith("<frozen")):
+                nearest = name
+            if prefix and name.startswith(prefix):
+                on_stack = True
+                break
+            frame = frame.f_back
+        return nearest, on_stack
 
 
 def live_threads() -> int:

@@ -20,7 +20,7 @@ import torch
 from kevolve.evaluate.result import Timing
 
 MIN_TRIALS = 10
-INTERPRETER_TRIALS = 2  # the correctness runs were the warm-up; these figures are labels, not speed
+INTERPRETER_TRIALS = 1  # the correctness runs were the warm-up; these figures are labels, not speed
 
 
 def summarize(times_ms: Sequence[float], method: str, interpreter: bool = False) -> Timing:

@@ -36,6 +36,10 @@ SPECS_KEPT = 2  # specs whose inputs and references stay cached; each can hold G
 _module_ids = itertools.count()
 
 
+class NotTimed(Exception):
+    """A baseline that this worker does not time, and why."""
+
+
 class SpecState:
     def __init__(self, spec_path: str, device: str):
         from kevolve.evaluate.correctness import TrialFactory
@@ -57,6 +61,7 @@ class Worker:
         self.watch = None
         self.specs: OrderedDict[str, SpecState] = OrderedDict()
         self.current: tuple[ModuleType, Callable[..., Any], dict, SpecState] | None = None
+        self.prepared: dict[tuple[str, str], tuple[Callable[..., Any], list]] = {}
 
     # Requests ---------------------------------------------------------------------------------
     def setup(self, req: dict) -> dict:
@@ -76,7 +81,8 @@ class Worker:
         name = _warm_up(self.device)
         import kevolve.evaluate as evaluate_package
 
-        self.sandbox = Sandbox(req.get("write_roots", []), [torch, triton, numpy, evaluate_package])
+        generated = [os.environ[k] for k in ("TORCHINDUCTOR_CACHE_DIR", "TRITON_CACHE_DIR") if os.environ.get(k)]
+        self.sandbox = Sandbox(req.get("write_roots", []), [torch, triton, numpy, evaluate_package], generated)
         self.sandbox.install()
         self.watch = Watch(self.sandbox, Snapshot(judged_objects()))
         return {"ok": True, "device": name, "pid": os.getpid(), "torch": torch.__version__,
@@ -140,31 +146,67 @@ class Worker:
                 "timing": _timing_dict(timing)}
 
     def baseline(self, req: dict) -> dict:
+        """`phase: prepare` builds and warms a baseline (torch.compile compiles here, which may take
+        minutes and needs no exclusive GPU); `phase: time` times what was prepared."""
+        from kevolve.evaluate.sandbox import Snapshot, judged_objects
+
+        try:
+            return self._baseline(req)
+        finally:  # compiling may load modules that rebind attributes: trusted code, new reference
+            self.watch.snapshot = Snapshot(judged_objects())
+
+    def _baseline(self, req: dict) -> dict:
         import torch
 
         self.release()
-        state = self.spec_state(req["spec"])
-        name = req["name"]
-        tune = state.spec.shapes_for(self.interpreter)[0]
-        if self.interpreter and name != "eager":
-            return {"ok": True, "error": "torch.compile is not timed on the interpreter target"}
-        fn = state.runtime.reference(tune, self.device)
-        if name == "compile_default":
-            fn = torch.compile(fn)
-        elif name == "compile_max_autotune":
-            fn = torch.compile(fn, mode="max-autotune-no-cudagraphs")
-        elif name != "eager":
-            return {"ok": False, "error": f"unknown baseline {name!r}"}
-        sets = [state.runtime.inputs(tune, seed=seed, device=self.device) for seed in (101, 102)]
+        key = (req["spec"], req["name"])
+        if req.get("phase") == "prepare" or key not in self.prepared:
+            self.prepared.pop(key, None)
+            state = self.spec_state(req["spec"])
+            tune = state.spec.shapes_for(self.interpreter)[0]
+            try:
+                fn = self._baseline_fn(state, tune, req["name"])
+                sets = [state.runtime.inputs(tune, seed=seed, device=self.device) for seed in (101, 102)]
+                with torch.no_grad():
+                    for args in sets:
+                        fn(*args)
+            except Exception as exc:  # a baseline that fails (inductor on an odd op) is recorded as such
+                self._reset_compiler(req["name"])
+                return {"ok": True, "error": str(exc) if isinstance(exc, NotTimed)
+                        else f"{type(exc).__name__}: {_first_line(exc)}"}
+            self.prepared[key] = (fn, sets)
+            if req.get("phase") == "prepare":
+                return {"ok": True, "error": ""}
+        fn, sets = self.prepared.pop(key)
         try:
             with torch.no_grad():
                 timing = self._time(fn, sets, int(req.get("trials", 100)), float(req.get("budget_s", 2.0)))
-        except Exception as exc:  # a baseline that fails (e.g. inductor on an odd op) is recorded as such
-            return {"ok": True, "error": f"{type(exc).__name__}: {str(exc).strip()[:300]}"}
+        except Exception as exc:
+            return {"ok": True, "error": f"{type(exc).__name__}: {_first_line(exc)}"}
         finally:
-            if name != "eager":
-                torch._dynamo.reset()  # compiled graphs of one spec are no use to the next
+            self._reset_compiler(req["name"])
         return {"ok": True, "timing": _timing_dict(timing), "error": ""}
+
+    def _baseline_fn(self, state: SpecState, tune, name: str) -> Callable[..., Any]:
+        import torch
+
+        if self.interpreter and name != "eager":
+            raise NotTimed("torch.compile is not timed on the interpreter target")
+        fn = state.runtime.reference(tune, self.device)
+        if name == "compile_default":
+            return torch.compile(fn)
+        if name == "compile_max_autotune":
+            return torch.compile(fn, mode="max-autotune-no-cudagraphs")
+        if name != "eager":
+            raise NotTimed(f"unknown baseline {name!r}")
+        return fn
+
+    @staticmethod
+    def _reset_compiler(name: str) -> None:
+        if name != "eager":
+            import torch
+
+            torch._dynamo.reset()  # compiled graphs of one spec are no use to the next
 
     def release(self, req: dict | None = None) -> dict:
         if self.current is not None:
@@ -238,6 +280,11 @@ class Worker:
 def _failure_reply(failure, checks: list, **extra) -> dict:
     return {"ok": True, "outcome": failure.outcome.value, "checks": _plain([*checks, failure.check]),
             "error": failure.error or failure.check.detail, "reusable": failure.reusable, **extra}
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = [ln for ln in str(exc).strip().splitlines() if ln.strip()]
+    return (lines[0] if lines else "")[:300]
 
 
 def _plain(checks) -> list[list]:
