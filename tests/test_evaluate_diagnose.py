@@ -4,6 +4,7 @@ reader-writer lock, the verdict text and persistence."""
 import json
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -11,7 +12,7 @@ from kevolve.candidate import Candidate, Origin
 from kevolve.evaluate import ncu
 from kevolve.evaluate.diagnose import classify, diagnose, implausibly_fast, occupancy, roofline_floor_ms
 from kevolve.evaluate.evaluator import save_evaluation
-from kevolve.evaluate.pool import RWLock
+from kevolve.evaluate.pool import RWLock, worker_env
 from kevolve.evaluate.result import Baselines, Check, Evaluation, KernelStats, Outcome, Timing
 from kevolve.evaluate.timing import summarize
 from kevolve.evaluate.verdict import format_verdict
@@ -209,3 +210,16 @@ def test_saved_evaluation_reads_back_beside_its_code(tmp_path):
     doc = json.loads(path.read_text())
     assert (tmp_path / "runs" / doc["candidate"]["code_file"]).read_text() == cand.code
     assert doc["candidate"]["origin"]["config"] == {"BLOCK": 1024}
+
+
+def test_worker_environment_keeps_no_secrets_and_puts_caches_in_scratch(tmp_path, monkeypatch):
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "s3cr3t")
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-123")
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,3")
+    env = worker_env(tmp_path, gpu=1, interpreter=False)
+    assert "AWS_SECRET_ACCESS_KEY" not in env and "OPENAI_API_KEY" not in env
+    assert "TRITON_INTERPRET" not in env and env["CUDA_VISIBLE_DEVICES"] == "3"
+    for key in ("HOME", "TMPDIR", "TRITON_CACHE_DIR", "TORCHINDUCTOR_CACHE_DIR"):
+        assert env[key].startswith(str(tmp_path)) and Path(env[key]).is_dir()
+    assert worker_env(tmp_path, gpu=None, interpreter=True)["TRITON_INTERPRET"] == "1"

@@ -17,6 +17,7 @@ import json
 import os
 import selectors
 import signal
+import site
 import subprocess
 import sys
 import threading
@@ -33,8 +34,7 @@ SETUP_TIMEOUT_S = 300.0
 POLL_S = 0.1
 LOG_TAIL_CHARS = 3000
 PACKAGE_PARENT = str(Path(__file__).resolve().parents[2])  # the folder holding `kevolve`
-_KEPT_ENV = ("PATH", "LD_LIBRARY_PATH", "CUDA_HOME", "CUDA_PATH", "TRITON_PTXAS_PATH",
-             "TRITON_LIBCUDA_PATH", "TRITON_CUDACRT_PATH", "TRITON_CUDART_PATH", "CC", "LANG", "LC_ALL")
+_KEPT_ENV = ("PATH", "LD_LIBRARY_PATH", "CC", "CXX", "LANG", "LC_ALL")  # and every CUDA_* and TRITON_*
 
 
 class WorkerError(KevolveError):
@@ -91,11 +91,12 @@ def worker_env(scratch: Path, gpu: int | None, interpreter: bool, compile_thread
     """No inherited secrets: only what Python, CUDA and Triton need, caches inside scratch.
     `compile_threads` bounds torch.compile's pool of compiler processes (baselines only), so that
     several workers on one machine do not start one each per core."""
-    env = {k: os.environ[k] for k in _KEPT_ENV if k in os.environ}
+    env = {k: v for k, v in os.environ.items() if k in _KEPT_ENV or k.startswith(("CUDA_", "TRITON_"))}
     env.update({
         "PYTHONPATH": PACKAGE_PARENT,
         "PYTHONDONTWRITEBYTECODE": "1",
-        "PYTHONNOUSERSITE": "1",
+        # HOME moves into scratch; packages installed with --user must still be found.
+        "PYTHONUSERBASE": site.getuserbase(),
         "HOME": str(scratch / "home"),
         "TMPDIR": str(scratch / "tmp"),
         "TRITON_HOME": str(scratch / "home"),
@@ -108,9 +109,11 @@ def worker_env(scratch: Path, gpu: int | None, interpreter: bool, compile_thread
         env["TRITON_INTERPRET"] = "1"
         env["OMP_NUM_THREADS"] = "1"
         env["CUDA_VISIBLE_DEVICES"] = ""
-    elif gpu is not None:  # an index into what this process sees
-        visible = [x.strip() for x in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if x.strip()]
-        env["CUDA_VISIBLE_DEVICES"] = visible[gpu] if gpu < len(visible) else str(gpu)
+    else:
+        env.pop("TRITON_INTERPRET", None)
+        if gpu is not None:  # an index into what this process sees
+            visible = [x.strip() for x in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if x.strip()]
+            env["CUDA_VISIBLE_DEVICES"] = visible[gpu] if gpu < len(visible) else str(gpu)
     for key in ("home", "tmp", "triton-cache", "inductor-cache"):
         (scratch / key).mkdir(parents=True, exist_ok=True)
     return env

@@ -141,16 +141,17 @@ def live_threads() -> int:
 
 
 class Snapshot:
-    """Identity of every public and dunder attribute of the objects the judge relies on."""
+    """Identity of the public and dunder attributes of the objects the judge relies on (or of the
+    named ones only, for a module whose other attributes change as it initialises)."""
 
     def __init__(self, objects: dict[str, Any]):
-        self._objects = objects
-        self._state = {label: _attributes(obj) for label, obj in objects.items()}
+        self._objects = {label: (v if isinstance(v, tuple) else (v, None)) for label, v in objects.items()}
+        self._state = {label: _attributes(obj, names) for label, (obj, names) in self._objects.items()}
 
     def changed(self) -> list[str]:
         out = []
         for label, before in self._state.items():
-            now = vars(self._objects[label])
+            now = vars(self._objects[label][0])
             for name, value in before.items():
                 if now.get(name, _MISSING) is not value:
                     out.append(f"{label}.{name}")
@@ -160,9 +161,10 @@ class Snapshot:
 _MISSING = object()
 
 
-def _attributes(obj: Any) -> dict[str, Any]:
+def _attributes(obj: Any, names: tuple[str, ...] | None) -> dict[str, Any]:
     return {name: value for name, value in vars(obj).items()
-            if not name.startswith("_") or (name.startswith("__") and name.endswith("__"))}
+            if (names is None and (not name.startswith("_") or (name.startswith("__") and name.endswith("__"))))
+            or (names is not None and name in names)}
 
 
 def judged_objects() -> dict[str, Any]:
@@ -176,7 +178,9 @@ def judged_objects() -> dict[str, Any]:
     import kevolve.specs.compare as compare_module
 
     objects: dict[str, Any] = {
-        "torch": torch, "torch.Tensor": torch.Tensor, "torch.cuda": torch.cuda,
+        "torch": torch, "torch.Tensor": torch.Tensor,
+        "torch.cuda": (torch.cuda, ("synchronize", "Event", "Stream", "current_stream", "default_stream",
+                                    "set_stream", "stream")),
         "torch.cuda.Event": torch.cuda.Event, "torch.linalg": torch.linalg,
         "torch.nn.functional": torch.nn.functional, "time": time, "math": math,
         "builtins": builtins, "kevolve.specs.compare": compare_module,

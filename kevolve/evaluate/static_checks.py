@@ -59,9 +59,11 @@ ALLOWED_TENSOR_METHODS = frozenset({
     "copy_", "fill_", "zero_", "storage_offset", "is_floating_point", "get_device", "item",
     "tolist", "chunk", "split", "unbind", "narrow", "select", "detach", "requires_grad_",
 })
-# Method names of containers and strings that a tensor also has.
+# Method names of containers and strings that a tensor also has (the aten-op record catches a
+# tensor reached through one of these).
 _CONTAINER_METHODS = frozenset({"values", "keys", "items", "get", "append", "extend", "pop",
-                                "update", "insert", "setdefault", "format", "join"})
+                                "update", "insert", "setdefault", "format", "join", "add", "remove",
+                                "discard", "clear"})
 TENSOR_COMPUTE_METHODS = frozenset(
     name for name in dir(torch.Tensor)
     if not name.startswith("_") and name not in ALLOWED_TENSOR_METHODS and name not in _CONTAINER_METHODS
