@@ -147,9 +147,9 @@ class Evaluator:
                             return done(*timed)
                         diagnosis = self._diagnose(cost, kernels, timed)
                         if implausibly_fast(diagnosis.fraction_of_floor):
-                            detail = (f"{1 / diagnosis.fraction_of_floor:.2f}x the roofline floor's time "
-                                      f"({timed.median_ms:.4g} ms vs {diagnosis.floor_ms:.4g} ms): faster than "
-                                      "the device allows, so the timing is not trusted")
+                            detail = (f"measured {timed.median_ms:.4g} ms, {diagnosis.fraction_of_floor:.2f}x "
+                                      f"faster than the roofline floor of {diagnosis.floor_ms:.4g} ms allows: "
+                                      "the timing is not trusted")
                             checks.append(Check("timing.plausible", False, detail))
                             return done(Outcome.WRONG, detail, timing=timed, diagnosis=diagnosis)
                     if self.with_ncu and not self.target.interpreter:

@@ -128,7 +128,7 @@ class Worker:
 
         if self.current is None:
             return {"ok": False, "error": "no candidate checked in this worker"}
-        module, fn, dims, state = self.current
+        _, fn, dims, state = self.current
         sets = [clone_all(t.inputs) for t in state.trials.trials(dims, tuned=True)[:2]]
         threads = live_threads()
         try:
