@@ -7,7 +7,7 @@
    Evaluator, against eager, torch.compile and torch.compile max-autotune, twice: the run-to-run
    spread of the candidate's median.
 2. Every adversarial fixture: the outcome it must get.
-3. Throughput: a batch of softmax variants (warps x stages x rows per program) on a warm pool,
+3. Throughput: a batch of softmax variants (block x warps x stages) on a warm pool,
    candidates fully evaluated (checked, timed, re-checked, diagnosed) per minute.
 4. With --ncu: the achieved bandwidth the harness reports against ncu's DRAM bandwidth, for the
    memory-bound specs.
@@ -24,6 +24,7 @@ import re
 import statistics
 import sys
 import tempfile
+import threading
 import time
 import traceback
 from concurrent.futures import ThreadPoolExecutor
@@ -46,7 +47,8 @@ ADVERSARIAL = FIXTURES / "candidates" / "adversarial"
 MEMORY_BOUND = ("softmax", "softmax_fp32", "log_softmax", "gelu_tanh", "swiglu", "bias_gelu_residual",
                 "layernorm", "rmsnorm", "clamp_log1p", "rotary_embedding")
 
-VARIANT = '''"""Row softmax, ROWS rows per program (a throughput variant: warps={warps} stages={stages})."""
+VARIANT = '''"""Row softmax, online max and sum over blocks (a throughput variant: BLOCK={block},
+warps={warps}, stages={stages})."""
 
 import torch
 import triton
@@ -54,32 +56,41 @@ import triton.language as tl
 
 
 @triton.jit
-def _softmax_rows(x_ptr, y_ptr, n_rows, n_cols, x_stride, y_stride, ROWS: tl.constexpr, BLOCK: tl.constexpr):
-    cols = tl.arange(0, BLOCK)
-    for r in range(ROWS):
-        row = tl.minimum(tl.program_id(0) * ROWS + r, n_rows - 1)  # past the end: redo the last row
+def _softmax_blocks(x_ptr, y_ptr, n_cols, x_stride, y_stride, BLOCK: tl.constexpr):
+    row = tl.program_id(0)
+    m = tl.full([BLOCK], float("-inf"), tl.float32)
+    s = tl.zeros([BLOCK], tl.float32)
+    for start in range(0, n_cols, BLOCK):
+        cols = start + tl.arange(0, BLOCK)
+        x = tl.load(x_ptr + row * x_stride + cols, mask=cols < n_cols, other=float("-inf")).to(tl.float32)
+        m_new = tl.maximum(m, x)
+        s = tl.where(m_new == float("-inf"), 0.0, s * tl.exp(m - m_new) + tl.exp(x - m_new))
+        m = m_new
+    row_max = tl.max(m, axis=0)
+    total = tl.sum(s * tl.exp(m - row_max), axis=0)
+    for start in range(0, n_cols, BLOCK):
+        cols = start + tl.arange(0, BLOCK)
         mask = cols < n_cols
-        x = tl.load(x_ptr + row * x_stride + cols, mask=mask, other=-float("inf")).to(tl.float32)
-        x = x - tl.max(x, axis=0)
-        e = tl.exp(x)
-        tl.store(y_ptr + row * y_stride + cols, (e / tl.sum(e, axis=0)).to(y_ptr.dtype.element_ty), mask=mask)
+        x = tl.load(x_ptr + row * x_stride + cols, mask=mask, other=0.0).to(tl.float32)
+        tl.store(y_ptr + row * y_stride + cols, (tl.exp(x - row_max) / total).to(y_ptr.dtype.element_ty),
+                 mask=mask)
 
 
 def softmax(x: torch.Tensor) -> torch.Tensor:
     x = x.contiguous()
     rows, cols = x.shape
     y = torch.empty_like(x)
-    _softmax_rows[(triton.cdiv(rows, {rows}),)](x, y, rows, cols, x.stride(0), y.stride(0), ROWS={rows},
-                                               BLOCK=triton.next_power_of_2(cols), num_warps={warps},
-                                               num_stages={stages})
+    _softmax_blocks[(rows,)](x, y, cols, x.stride(0), y.stride(0), BLOCK={block}, num_warps={warps},
+                             num_stages={stages})
     return y
 '''
 
 
 def softmax_variants(n: int, offset: int = 0) -> list[str]:
-    grid = [(w, s, r) for r in (1, 2, 4, 8) for w in (4, 8, 16, 2) for s in (1, 2, 3, 4)]
-    grid += [(w, s, r) for r in (3, 5, 6, 7) for w in (4, 8, 16, 2) for s in (1, 2, 3, 4)]
-    return [VARIANT.format(warps=w, stages=s, rows=r) for w, s, r in grid[offset:offset + n]]
+    """Distinct kernels: BLOCK x warps x stages, the first 64 with BLOCK from 1024 to 8192."""
+    grid = [(b, w, s) for b in (1024, 2048, 4096, 8192) for w in (4, 8, 16, 2) for s in (1, 2, 3, 4)]
+    grid += [(b, w, s) for b in (512, 256) for w in (4, 8, 2, 1) for s in (1, 2, 3, 4)]
+    return [VARIANT.format(block=b, warps=w, stages=s) for b, w, s in grid[offset:offset + n]]
 
 
 def spec_of(name: str):
@@ -122,7 +133,9 @@ class Budget:
         return self.end - time.monotonic()
 
 
-def phase_specs(pool, target, names, args, log) -> list[dict]:
+def phase_specs(pool, target, names, args, log, save) -> list[dict]:
+    rows: list[dict] = []
+
     def one(name: str) -> dict:
         spec = spec_of(name)
         code = (HONEST / f"{name}.py").read_text()
@@ -143,9 +156,15 @@ def phase_specs(pool, target, names, args, log) -> list[dict]:
             + f"  (baselines {baseline_s:.0f} s: {base.errors or 'all timed'})")
         return row
 
+    def record(name: str) -> None:
+        rows.append(_guarded(one, name))
+        save(rows)  # a run cut short still leaves every finished spec's figures
+
+    # The matmul's max-autotune baseline is the longest pole: start it first.
+    ordered = sorted(names, key=lambda n: (n != "matmul_bias_relu", n != "cross_entropy", n))
     with ThreadPoolExecutor(max_workers=len(pool.slots)) as ex:
-        futures = [ex.submit(_guarded, one, n) for n in names]
-        return [f.result() for f in futures]
+        list(ex.map(record, ordered))
+    return sorted(rows, key=lambda r: r["spec"])
 
 
 def phase_adversarial(pool, target, args, log) -> list[dict]:
@@ -314,7 +333,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         log(f"target {target.name}; {len(names)} specs; {args.workers} workers")
         log("1. honest kernels, twice, against eager / torch.compile / max-autotune")
-        report["specs"] = phase_specs(pool, target, names, args, log)
+        report["specs"] = phase_specs(pool, target, names, args, log,
+                                      lambda rows: _write(out_dir, {**report, "specs": rows}, started))
         report["device"] = pool.device_name or target.display_name
         report["software"] = dict(pool.slots[0].worker.info) if pool.slots[0].worker else {}
         _write(out_dir, report, started)
@@ -353,12 +373,16 @@ def main(argv: list[str] | None = None) -> int:
     return 0 if not bad and not wrong else 1
 
 
+_WRITING = threading.Lock()
+
+
 def _write(out_dir: Path, report: dict, started: float) -> None:
-    report["wall_s"] = time.monotonic() - started
-    report.setdefault("device", "")
-    report.setdefault("software", {})
-    (out_dir / "harness_gpu.json").write_text(json.dumps(report, indent=2, default=str))
-    (out_dir / "harness_gpu.md").write_text(markdown(report))
+    with _WRITING:
+        report["wall_s"] = time.monotonic() - started
+        report.setdefault("device", "")
+        report.setdefault("software", {})
+        (out_dir / "harness_gpu.json").write_text(json.dumps(report, indent=2, default=str))
+        (out_dir / "harness_gpu.md").write_text(markdown(report))
 
 
 if __name__ == "__main__":

@@ -112,6 +112,16 @@ def test_honest_softmax_passes_every_trial(softmax_trials):
                      "trial[shifted seed=22 M=16,N=300]"]
 
 
+@pytest.mark.parametrize("name", ["softmax", "log_softmax"])
+def test_the_long_row_path_of_the_honest_fixtures_is_correct_too(name):
+    module = load_fixture(name)
+    module.MAX_BLOCK = 64  # rows of 97 and 300 then take the looped path (several blocks of 32)
+    spec = resolve_spec(name)
+    factory = TrialFactory(OperatorRuntime(spec), "cpu")
+    for dims in spec.interpreter_dims:
+        assert run_checks(getattr(module, name), factory.trials(dims, tuned=True))
+
+
 def test_trials_use_fresh_seeds_and_a_shifted_distribution(softmax_trials):
     tuned, _ = softmax_trials
     a, b, shifted = (t.inputs[0].float() for t in tuned)

@@ -253,8 +253,8 @@ class WorkerPool:
         if not self.gpus:
             raise WorkerError(f"target {target.name} needs a GPU and none is visible; "
                               "use --target cpu-interpreter to check correctness on the CPU")
-        per_gpu = workers or default_workers(len(self.gpus), target.interpreter)
-        self.slots = [Slot(i, self.gpus[i % len(self.gpus)]) for i in range(max(per_gpu, len(self.gpus)))]
+        count = max(workers or default_workers(len(self.gpus), target.interpreter), len(self.gpus))
+        self.slots = [Slot(i, self.gpus[i % len(self.gpus)]) for i in range(count)]  # round-robin over GPUs
         self.locks = {gpu: RWLock() for gpu in self.gpus}
         self._free: list[Slot] = list(self.slots)
         self._cond = threading.Condition()
