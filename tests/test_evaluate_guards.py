@@ -10,7 +10,9 @@ import triton
 import triton.language as tl
 
 from conftest import FIXTURES
-from kevolve.evaluate.correctness import CandidateFailure, TrialFactory, Watch, check_shape
+from kevolve.evaluate.correctness import (
+    CandidateFailure, TrialFactory, Watch, check_shape, failure_from_exception,
+)
 from kevolve.evaluate.guards import GuardMode, guarded_copy, poison_value
 from kevolve.evaluate.result import Outcome
 from kevolve.specs import resolve_spec
@@ -208,6 +210,15 @@ def test_exceptions_become_crashes_with_their_text(softmax_trials):
     f = failure(raises, softmax_trials[0])
     assert f.outcome is Outcome.CRASHED and f.reusable
     assert f.check.detail == "ValueError: block too large" and "Traceback" in f.error
+
+
+def test_triton_refusing_to_compile_is_a_compile_error_and_a_device_fault_retires_the_worker():
+    from triton.runtime.errors import OutOfResources
+
+    f = failure_from_exception(OutOfResources(300000, 232448, "shared memory"))
+    assert f.outcome is Outcome.COMPILE_ERROR and f.check.name == "compile" and f.reusable
+    f = failure_from_exception(RuntimeError("CUDA error: an illegal memory access was encountered"))
+    assert f.outcome is Outcome.CRASHED and not f.reusable
 
 
 def test_poison_values_are_never_plausible_results():

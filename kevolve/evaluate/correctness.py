@@ -175,11 +175,14 @@ def failure_from_exception(exc: BaseException) -> CandidateFailure:
 
 
 def _is_compile_error(exc: BaseException) -> bool:
+    """Triton refused to compile it: a language error, or more shared memory or registers than the
+    device has."""
     try:
         from triton.compiler.errors import CompilationError
-    except ImportError:  # pragma: no cover - every supported triton has it
+        from triton.runtime.errors import OutOfResources
+    except ImportError:  # pragma: no cover - every supported triton has both
         return False
-    return isinstance(exc, CompilationError)
+    return isinstance(exc, (CompilationError, OutOfResources))
 
 
 def _is_device_fault(exc: BaseException) -> bool:
