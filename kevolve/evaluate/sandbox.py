@@ -51,6 +51,7 @@ class Sandbox:
         self._self_file = __file__
         self._local = threading.local()
         self._installed = False
+        self._candidate_prefixes: tuple[str, ...] = ()
 
     def install(self) -> None:
         if not self._installed:
@@ -59,6 +60,9 @@ class Sandbox:
 
     def set_candidate_dir(self, path: str | Path | None) -> None:
         self.candidate_dir = os.path.realpath(path) if path else None
+        # Frames name the file as it was imported, which may differ from its real path.
+        self._candidate_prefixes = (tuple({os.path.abspath(path) + os.sep, self.candidate_dir + os.sep})
+                                    if path else ())
 
     def take_violations(self) -> list[str]:
         out, self.violations = self.violations, []
@@ -101,7 +105,7 @@ class Sandbox:
                 return f"{kind} ({event})"
         elif event in _INTROSPECTION_EVENTS:
             nearest, _ = self._callers()  # libraries (typing, torch) introspect for their own ends
-            if self.candidate_dir and nearest.startswith(self.candidate_dir + os.sep):
+            if self._candidate_prefixes and nearest.startswith(self._candidate_prefixes):
                 return f"introspection ({event})"
         return None
 
@@ -122,14 +126,14 @@ class Sandbox:
         """(file of the nearest caller outside the standard library and this module, whether a frame
         of the current candidate is on the stack)."""
         nearest, on_stack = "", False
-        prefix = self.candidate_dir + os.sep if self.candidate_dir else None
+        prefixes = self._candidate_prefixes
         frame = sys._getframe(2)
         while frame is not None:
             name = frame.f_code.co_filename
             if not nearest and not (name == self._self_file or name.startswith(self._stdlib)
                                     or name.startswith("<frozen")):
                 nearest = name
-            if prefix and name.startswith(prefix):
+            if prefixes and name.startswith(prefixes):
                 on_stack = True
                 break
             frame = frame.f_back
