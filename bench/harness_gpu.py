@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """The evaluation harness on a GPU, in one run: what the lead runs on the H100 and commits.
 
-    python3 bench/harness_gpu.py [--ncu] [--out DIR]
+    python3 bench/harness_gpu.py [--ncu] [--out DIR] [--phases specs,adversarial,throughput]
 
 1. Every example spec's honest fixture kernel (tests/fixtures/candidates/honest/) through the
    Evaluator, against eager, torch.compile and torch.compile max-autotune, twice: the run-to-run
@@ -11,8 +11,9 @@
    candidates fully evaluated (checked, timed, re-checked, diagnosed) per minute.
 4. With --ncu: the achieved bandwidth the harness reports against ncu's DRAM bandwidth, for the
    memory-bound specs.
-Results go to $OUT (default bench/results/) as harness_gpu.json and harness_gpu.md; the table is
-printed at the end. A phase that would pass the time budget is skipped and says so.
+Results go to $OUT (default bench/results/) as harness_gpu.json and harness_gpu.md (a run of other
+phases adds their names to the file name); the table is printed at the end. A phase that would
+pass the time budget is skipped and says so.
 """
 
 from __future__ import annotations
@@ -32,7 +33,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-os.environ.setdefault("KEVOLVE_HOME", tempfile.mkdtemp(prefix="kevolve-home-"))
+# Baselines are cached here: a second command on the same machine reuses them.
+os.environ.setdefault("KEVOLVE_HOME", "/tmp/kevolve-home")
 
 from kevolve.candidate import Candidate, Origin  # noqa: E402
 from kevolve.evaluate.evaluator import Evaluator  # noqa: E402
@@ -303,11 +305,16 @@ def _pct(x) -> str:
     return "-" if x is None else f"{100 * x:.1f}%"
 
 
+PHASES = ("specs", "adversarial", "throughput", "ncu")
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", default=os.environ.get("OUT") or str(ROOT / "bench" / "results"))
     p.add_argument("--target", help="hardware target (default: detected)")
     p.add_argument("--specs", nargs="*", help="example specs to run (default: every one with an honest fixture)")
+    p.add_argument("--phases", default="specs,adversarial,throughput",
+                   help=f"comma-separated, of {', '.join(PHASES)} (--ncu adds ncu)")
     p.add_argument("--ncu", action="store_true", help="compare achieved bandwidth with ncu (memory-bound specs)")
     p.add_argument("--variants", type=int, default=64, help="softmax variants for the throughput batch")
     p.add_argument("--workers", type=int, default=4, help="workers for the spec and adversarial phases")
@@ -316,10 +323,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--baseline-timeout", type=float, default=300.0, help="seconds per baseline (compile included)")
     p.add_argument("--budget", type=float, default=460.0, help="seconds before later phases are skipped")
     args = p.parse_args(argv)
+    phases = [x for x in args.phases.split(",") if x] + (["ncu"] if args.ncu else [])
+    unknown = set(phases) - set(PHASES)
+    if unknown:
+        p.error(f"unknown phases {sorted(unknown)}")
 
     started, budget = time.monotonic(), Budget(args.budget)
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
+    stem = "harness_gpu" if phases[:1] == ["specs"] else "harness_gpu-" + "-".join(phases)
     target = load_target(args.target) if args.target else detect_target()
     names = args.specs or sorted(p.stem for p in HONEST.glob("*.py")
                                  if p.stem.startswith("kernelbench_") or (ROOT / "specs" / f"{p.stem}.yaml").is_file())
@@ -328,61 +340,67 @@ def main(argv: list[str] | None = None) -> int:
     log = lambda text: print(text, flush=True)  # noqa: E731
     report: dict = {"command": " ".join(["python3", "bench/harness_gpu.py", *(argv or sys.argv[1:])]),
                     "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "target": target.name,
-                    "skipped": []}
+                    "specs": [], "skipped": []}
+    save = lambda: _write(out_dir, stem, report, started)  # noqa: E731
+    log(f"target {target.name}; phases {', '.join(phases)}; {len(names)} specs; "
+        f"KEVOLVE_HOME {os.environ['KEVOLVE_HOME']}")
     pool = WorkerPool(target, scratch / "main", workers=args.workers)
     try:
-        log(f"target {target.name}; {len(names)} specs; {args.workers} workers")
-        log("1. honest kernels, twice, against eager / torch.compile / max-autotune")
-        report["specs"] = phase_specs(pool, target, names, args, log,
-                                      lambda rows: _write(out_dir, {**report, "specs": rows}, started))
+        if "specs" in phases:
+            log("1. honest kernels, twice, against eager / torch.compile / max-autotune")
+            report["specs"] = phase_specs(pool, target, names, args, log,
+                                          lambda rows: _write(out_dir, stem, {**report, "specs": rows}, started))
+            save()
+        if "adversarial" in phases:
+            if budget.left() > 60:
+                log("2. adversarial fixtures")
+                report["adversarial"] = phase_adversarial(pool, target, args, log)
+            else:
+                report["skipped"].append("adversarial")
+            save()
         report["device"] = pool.device_name or target.display_name
         report["software"] = dict(pool.slots[0].worker.info) if pool.slots[0].worker else {}
-        _write(out_dir, report, started)
-        if budget.left() > 60:
-            log("2. adversarial fixtures")
-            report["adversarial"] = phase_adversarial(pool, target, args, log)
-        else:
-            report["skipped"].append("adversarial")
-        _write(out_dir, report, started)
     finally:
         pool.close()
-    if budget.left() > 60:
-        log("3. throughput")
-        report["throughput"] = _guarded(phase_throughput, target, args, scratch, log)
-    else:
-        report["skipped"].append("throughput")
-    _write(out_dir, report, started)
-    if args.ncu:
+    if "throughput" in phases:
+        if budget.left() > 60:
+            log("3. throughput")
+            report["throughput"] = _guarded(phase_throughput, target, args, scratch, log)
+        else:
+            report["skipped"].append("throughput")
+        save()
+    if "ncu" in phases:
         if budget.left() > 45:
             pool = WorkerPool(target, scratch / "ncu", workers=1)
             try:
                 log("4. achieved bandwidth vs ncu")
                 wanted = [n for n in MEMORY_BOUND if n in names]
                 report["ncu"] = phase_ncu(pool, target, wanted[: max(1, int(budget.left() // 25))], args, log)
+                report["device"] = report.get("device") or pool.device_name
             finally:
                 pool.close()
         else:
             report["skipped"].append("ncu")
-    _write(out_dir, report, started)
+    save()
     print()
     print(markdown(report))
     bad = [r["fixture"] for r in report.get("adversarial", []) if not r["ok"]]
     wrong = [r["spec"] for r in report["specs"] if (r.get("run1") or {}).get("outcome") != "correct"]
     print(f"honest kernels not correct: {wrong or 'none'}; adversarial mismatches: {bad or 'none'}; "
-          f"results in {out_dir}/harness_gpu.json and .md")
+          f"results in {out_dir}/{stem}.json and .md")
     return 0 if not bad and not wrong else 1
 
 
 _WRITING = threading.Lock()
 
 
-def _write(out_dir: Path, report: dict, started: float) -> None:
+def _write(out_dir: Path, stem: str, report: dict, started: float) -> None:
     with _WRITING:
         report["wall_s"] = time.monotonic() - started
         report.setdefault("device", "")
         report.setdefault("software", {})
-        (out_dir / "harness_gpu.json").write_text(json.dumps(report, indent=2, default=str))
-        (out_dir / "harness_gpu.md").write_text(markdown(report))
+        (out_dir / f"{stem}.json").write_text(json.dumps(report, indent=2, default=str))
+        (out_dir / f"{stem}.md").write_text(markdown(report))
 
 
 if __name__ == "__main__":
