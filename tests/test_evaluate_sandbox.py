@@ -103,3 +103,19 @@ def test_the_parent_never_imports_candidate_code():
             "print(sorted(m for m in sys.modules if 'candidate' in m or 'softmax' in m))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
     assert out.stdout.strip() == "[]", out.stderr
+
+
+def test_packages_in_a_venv_are_not_taken_for_the_standard_library():
+    # In a venv, sysconfig's platstdlib (venv/lib/python3.X) also holds site-packages: Triton's
+    # compiler calling ptxas from there must count as Triton, not as the standard library.
+    import torch
+    import triton
+
+    from kevolve.evaluate.sandbox import Sandbox
+
+    box = Sandbox([], [torch, triton])
+    box._stdlib = ("/venv/lib/python3.12/", "/usr/lib/python3.12/")
+    box._site = ("/venv/lib/python3.12/site-packages/",)
+    assert box.is_stdlib("/usr/lib/python3.12/subprocess.py")
+    assert box.is_stdlib("/venv/lib/python3.12/os.py")
+    assert not box.is_stdlib("/venv/lib/python3.12/site-packages/triton/backends/nvidia/driver.py")

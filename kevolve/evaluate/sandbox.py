@@ -17,6 +17,7 @@ replaces one of them has patched the judge.
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 import sysconfig
 import threading
@@ -46,8 +47,18 @@ class Sandbox:
         self.violations: list[str] = []
         self._trusted = tuple([os.path.dirname(m.__file__) + os.sep for m in trusted_packages]
                               + [os.path.realpath(d) + os.sep for d in trusted_dirs])
+        # The standard library as this interpreter really loads it: sysconfig's paths can differ
+        # from the frames' file names (a venv over a relocated or symlinked install).
+        # In a venv, platstdlib is the venv's lib/pythonX.Y, which also holds site-packages: the
+        # packages there (triton, torch) must not pass for the standard library.
         paths = sysconfig.get_paths()
-        self._stdlib = tuple({paths["stdlib"] + os.sep, paths["platstdlib"] + os.sep})
+        stdlib_dirs = {paths["stdlib"], os.path.dirname(os.__file__), os.path.dirname(subprocess.__file__)}
+        site_dirs = {paths["purelib"], paths["platlib"], *sys.path[1:]} - {""}
+        self._stdlib = tuple({d + os.sep for d in stdlib_dirs}
+                             | {os.path.realpath(d) + os.sep for d in stdlib_dirs})
+        self._site = tuple({os.path.abspath(d) + os.sep for d in site_dirs
+                            if "-packages" in d} | {os.path.realpath(d) + os.sep for d in site_dirs
+                                                     if "-packages" in d})
         self._self_file = __file__
         self._local = threading.local()
         self._installed = False
@@ -102,7 +113,7 @@ class Sandbox:
             nearest, candidate_on_stack = self._callers()
             if candidate_on_stack and not nearest.startswith(self._trusted):
                 kind = "native call through ctypes" if event.startswith("ctypes.") else "process control"
-                return f"{kind} ({event})"
+                return f"{kind} ({event}) from {nearest or 'an unknown caller'}"
         elif event in _INTROSPECTION_EVENTS:
             nearest, _ = self._callers()  # libraries (typing, torch) introspect for their own ends
             if self._candidate_prefixes and nearest.startswith(self._candidate_prefixes):
@@ -122,6 +133,9 @@ class Sandbox:
         roots = self.write_roots + ([self.candidate_dir] if self.candidate_dir else [])
         return any(real == r or real.startswith(r + os.sep) for r in roots)
 
+    def is_stdlib(self, filename: str) -> bool:
+        return filename.startswith(self._stdlib) and not filename.startswith(self._site)
+
     def _callers(self) -> tuple[str, bool]:
         """(file of the nearest caller outside the standard library and this module, whether a frame
         of the current candidate is on the stack)."""
@@ -130,7 +144,7 @@ class Sandbox:
         frame = sys._getframe(2)
         while frame is not None:
             name = frame.f_code.co_filename
-            if not nearest and not (name == self._self_file or name.startswith(self._stdlib)
+            if not nearest and not (name == self._self_file or self.is_stdlib(name)
                                     or name.startswith("<frozen")):
                 nearest = name
             if prefixes and name.startswith(prefixes):
