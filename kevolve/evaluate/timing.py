@@ -1,7 +1,8 @@
 """How a callable is timed: the same method for candidates and baselines, in the same process.
 
 On a GPU: CUDA events around each call, the L2 cache flushed (a buffer larger than L2 written)
-before each trial, input sets rotated, warm-up outside the timed region, a device synchronize
+before each trial, a short spin on the GPU so the host's launch latency stays outside the timed
+region, input sets rotated, warm-up outside the timed region, a device synchronize
 after each trial so trials never overlap; median, p20, p80 and min over the trials. Trials are
 capped by a time budget so one slow candidate cannot stall the search.
 
@@ -20,6 +21,7 @@ import torch
 from kevolve.evaluate.result import Timing
 
 MIN_TRIALS = 10
+LAUNCH_SHIELD_CYCLES = 200_000  # about 0.1 ms at Hopper clocks, longer than a launch takes
 INTERPRETER_TRIALS = 1  # the correctness runs were the warm-up; these figures are labels, not speed
 
 
@@ -52,6 +54,9 @@ def time_cuda(fn: Callable[..., Any], input_sets: Sequence[Sequence[Any]], *, tr
     for i in range(n):
         args = input_sets[i % len(input_sets)]
         flush.zero_()
+        # Keep the GPU busy while the host enqueues the timed call: what is measured is then the
+        # call's GPU time, not how fast this (possibly contended) CPU thread launches it.
+        torch.cuda._sleep(LAUNCH_SHIELD_CYCLES)
         starts[i].record()
         fn(*args)
         ends[i].record()

@@ -32,7 +32,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any, Callable
 
-SPECS_KEPT = 2  # specs whose inputs and references stay cached; each can hold GBs on a GPU
+SPECS_KEPT = 1  # specs whose inputs and references stay cached; each can hold GBs on a GPU
 _module_ids = itertools.count()
 
 
@@ -227,7 +227,12 @@ class Worker:
             self.specs[path] = SpecState(path, self.device)
             while len(self.specs) > SPECS_KEPT:
                 self.specs.popitem(last=False)
+                self.prepared.clear()
                 gc.collect()
+                if self.device == "cuda":  # give the memory back to the other workers on this GPU
+                    import torch
+
+                    torch.cuda.empty_cache()
         self.specs.move_to_end(path)
         return self.specs[path]
 
