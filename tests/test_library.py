@@ -237,3 +237,18 @@ def test_patched_recommendation_model_uses_the_embedding_bag_kernel(rec_specs):
         out = model(*args)
     assert runtime.counts(entry.operator).kernel - before == 3
     assert torch.allclose(out, eager, atol=1e-5)
+
+
+def test_custom_op_stays_in_a_compiled_graph(llama_specs):
+    spec = llama_specs["rmsnorm"]
+    add_kernel(spec, "rmsnorm_llama.py")
+    op = runtime.install(spec.name, "cpu-interpreter")
+    torch.library.opcheck(op, (torch.randn(16, 64, dtype=torch.bfloat16), torch.randn(64, dtype=torch.bfloat16)),
+                          test_utils=("test_schema", "test_faketensor"))
+    compiled = torch.compile(lambda x, w: op(x, w) * 2, backend="aot_eager", fullgraph=True)
+    w = torch.randn(64, dtype=torch.bfloat16)
+    before = (runtime.counts(spec.name).kernel, runtime.counts(spec.name).fallback)
+    compiled(torch.randn(16, 64, dtype=torch.bfloat16), w)  # one graph, the op inside it
+    compiled(torch.randn(40, 64, dtype=torch.bfloat16), w)  # same graph: the op falls back at run time
+    after = (runtime.counts(spec.name).kernel, runtime.counts(spec.name).fallback)
+    assert (after[0] - before[0], after[1] - before[1]) == (1, 1)

@@ -93,7 +93,15 @@ def _ops_for(match: Match, target: str) -> list[LibraryKernel]:
 
 def _call(kernels: list[LibraryKernel], args: list[Any]) -> Any:
     """Through the custom op of the kernel whose validated shapes cover the call; with none,
-    the first one's op, which falls back to the reference and counts it."""
+    the first one's op, which falls back to the reference and counts it. With one kernel the op
+    is called directly, so torch.compile keeps it in its graph (the op dispatches inside)."""
+    if len(kernels) == 1:
+        return getattr(torch.ops.kevolve, op_name(kernels[0].operator))(*args)
+    return _choose_and_call(kernels, args)
+
+
+@torch.compiler.disable  # choosing among kernels by shape is plain Python: not for tracing
+def _choose_and_call(kernels: list[LibraryKernel], args: list[Any]) -> Any:
     chosen = next((k for k in kernels if not k.refusal(args)), kernels[0])
     return getattr(torch.ops.kevolve, op_name(chosen.operator))(*args)
 
