@@ -58,8 +58,9 @@ from kevolve.specs.validate import tolerance_for  # noqa: E402
 
 FIXTURE_KERNELS = REPO / "tests" / "fixtures" / "library_kernels"
 TOP_GROUPS = 6  # recognised groups per model to find kernels for
-CANDIDATES_PER_SPEC = 12
-SPEC_BUDGET_S = 25.0  # per spec, for compiling and checking candidates
+CANDIDATES_PER_SPEC = 10
+SPEC_BUDGET_S = 20.0  # per spec, for compiling and checking candidates
+MODEL_BUDGET_S = 110.0  # per model, for finding kernels: later specs are skipped past it
 
 
 # Timing -------------------------------------------------------------------------------------------
@@ -313,7 +314,11 @@ def run_model(name: str, builder, smoke: bool, target, device: str, work: Path) 
                             for g in extraction.groups[:12]]
     record["estimated_total_ms"] = extraction.total_s * 1e3
     record["kernels"] = []
+    tuning_start = time.monotonic()
     for w in written:
+        if time.monotonic() - tuning_start > MODEL_BUDGET_S:
+            record["kernels"].append({"spec": w.group.name, "errors": ["skipped: the model's tuning budget is spent"]})
+            continue
         if not w.ok:
             record["kernels"].append({"spec": w.group.name, "errors": [w.error]})
             continue
@@ -321,8 +326,10 @@ def run_model(name: str, builder, smoke: bool, target, device: str, work: Path) 
         if any(e.covers(w.group.dims) for e in existing):
             record["kernels"].append({"spec": w.group.name, "source": "library", "registered": existing[0].ref})
             continue
+        spec_start = time.monotonic()
         try:
             record["kernels"].append(tune_spec(w.path, w.group.pattern, target, device, smoke))
+            record["kernels"][-1]["wall_s"] = round(time.monotonic() - spec_start, 1)
         except Exception as exc:
             record["kernels"].append({"spec": w.group.name, "errors": [traceback.format_exc(limit=3)[-600:]]})
             print(f"  {w.group.name}: {type(exc).__name__}: {exc}", flush=True)
