@@ -227,9 +227,43 @@ def match_softmax(g: Graph, sm: OpCall) -> Match | None:
     if cast_back:
         calls.update([nxt[0].index, *nxt[1]])
         last = nxt[0]
-    variant = {"upcast": upcast and x.meta.dtype != "float32", "cast_back": cast_back}
-    return _match("softmax", variant, calls, [PatternInput("x", ("M", "N"), x.meta.dtype)],
-                  _row_dims(x.meta), last.outputs[0].meta)
+    variant = {"upcast": upcast and x.meta.dtype != "float32", "cast_back": cast_back, "scale": None, "mask": None}
+    inputs, dims = [PatternInput("x", ("M", "N"), x.meta.dtype)], _row_dims(x.meta)
+    masked = _attention_scores(g, x)
+    if masked is not None:  # attention's scores: softmax(x * scale + mask), one kernel
+        scores, mask, scale, more = masked
+        x = scores
+        calls |= more
+        names = ("B", "H", "M", "N")
+        broadcast = tuple(m == 1 and d != 1 for m, d in zip(mask.meta.shape, x.meta.shape))
+        variant.update(scale=scale, mask="".join("1" if b else "x" for b in broadcast))
+        inputs = [PatternInput("x", names, x.meta.dtype),
+                  PatternInput("mask", tuple("1" if b else n for b, n in zip(broadcast, names)), mask.meta.dtype)]
+        dims = tuple(zip(names, x.meta.shape))
+    return _match("softmax", variant, calls, inputs, dims, last.outputs[0].meta)
+
+
+def _attention_scores(g: Graph, x: TensorArg):
+    """(scores, mask, scale, calls) where x = scores * scale + mask over 4-D attention scores."""
+    add = g.producer(x)
+    if (add is None or add.name != "add" or add.kwarg("alpha", 1) != 1 or len(x.meta.shape) != 4
+            or g.users.get(x.value, [None])[0] is None or len(g.consumers(add)) != 1):
+        return None
+    tensors = [a for a in add.args[:2] if isinstance(a, TensorArg)]
+    if len(tensors) != 2:
+        return None
+    full = next((t for t in tensors if t.meta.shape == x.meta.shape), None)
+    mask = next((t for t in tensors if t is not full), None)
+    if full is None or mask is None or len(mask.meta.shape) != 4 or any(
+            m not in (1, d) for m, d in zip(mask.meta.shape, x.meta.shape)):
+        return None
+    calls, scale = {add.index}, None
+    mul = g.producer(full)
+    if (mul is not None and mul.name == "mul" and len(mul.args) == 2 and _is_scalar(mul.args[1])
+            and len(g.consumers(mul)) == 1):
+        full, scale = mul.args[0], float(mul.args[1])
+        calls.add(mul.index)
+    return full, mask, scale, calls
 
 
 def match_glu(g: Graph, act: OpCall) -> Match | None:

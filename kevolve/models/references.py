@@ -74,11 +74,15 @@ def _layernorm(v, names) -> str:
 
 
 def _softmax(v, names) -> str:
+    scores = "x"
+    if v.get("mask"):  # attention's scores, scaled and masked in their own dtype as eager does
+        scores = f"(x * {v['scale']!r} + mask)" if v.get("scale") is not None else "(x + mask)"
     if v["upcast"]:
-        body = "torch.softmax(x.float(), dim=-1)" + (".to(x.dtype)" if v["cast_back"] else "")
+        body = f"torch.softmax({scores}.float(), dim=-1)" + (".to(x.dtype)" if v["cast_back"] else "")
     else:
-        body = "torch.softmax(x, dim=-1)"
-    return f'def softmax(x):\n    """Row softmax over the last dimension."""\n    return {body}\n'
+        body = f"torch.softmax({scores}, dim=-1)"
+    doc = "Softmax over the last dimension" + (" of scaled, masked attention scores" if v.get("mask") else "")
+    return f'def softmax({", ".join(names)}):\n    """{doc}."""\n    return {body}\n'
 
 
 def _glu(v, names) -> str:
@@ -162,8 +166,11 @@ PATTERNS: dict[str, PatternSpecs] = {
         lambda n, d: {"weight": _normal(1.0, 0.2), "bias": _normal(0.0, 0.5)}.get(n, _normal(2.0, 3.0)),
         ROWS, ("M",), describe=lambda v: f"LayerNorm, eps {v['eps']:g}"),
     "softmax": PatternSpecs(
-        "softmax", "softmax", _softmax, lambda v: {}, lambda n, d: _normal(1.0, 3.0), ROWS, ("M",),
-        describe=lambda v: "row softmax" + (" computed in fp32" if v["upcast"] else "")),
+        "softmax", "softmax", _softmax, lambda v: {},
+        lambda n, d: _normal(0.0, 2.0) if n == "mask" else _normal(1.0, 3.0),
+        {**ROWS, "B": (1, 2), "H": (3, 2), "M": (5, 12), "N": (97, 260)}, ("M",),
+        describe=lambda v: ("softmax of scaled, masked attention scores" if v.get("mask") else "row softmax")
+        + (" computed in fp32" if v["upcast"] else "")),
     "glu": PatternSpecs(
         "pointwise", "glu", _glu, lambda v: {},
         lambda n, d: _normal(0.0, 3.0) if n == "a" else _normal(0.5, 2.0),
@@ -217,6 +224,8 @@ def display_name(pattern: str, variant: Mapping[str, Any]) -> str:
         return f"bias_{variant['act']}"
     if pattern == "embedding_bag":
         return f"embedding_bag_{variant['mode']}"
+    if pattern == "softmax" and variant.get("mask"):
+        return "scaled_masked_softmax" if variant.get("scale") is not None else "masked_softmax"
     return pattern
 
 
