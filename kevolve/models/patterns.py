@@ -97,10 +97,6 @@ class Graph:
             return None
         return found[0]
 
-    def reads(self, call: OpCall, producer: OpCall) -> bool:
-        """Does `call` read `producer`'s output (through transparent views)?"""
-        return any(self.origin(t)[0] is producer for t in call.tensor_args)
-
 
 def _row_dims(meta: TensorMeta) -> tuple[tuple[str, int], ...]:
     n = meta.shape[-1]
