@@ -71,3 +71,35 @@ def test_register_run_outputs_reads_what_a_run_left(written, tmp_path):
     assert done.entry == f"{spec.name}@1"
     (entry,) = entries(spec.name)
     assert [dict(d) for d in entry.validated_dims] == [dict(d) for d in spec.interpreter_dims]
+
+
+def test_tune_model_steps_tune_the_top_specs_and_register_what_passed(tmp_path):
+    """The sequence of the tune_model flow, with each spec tuned by a stand-in for the search that
+    checks a hand-written kernel under the interpreter (the flow's own test runs the real search)."""
+    from kevolve.models.tuning import tune_model_steps
+
+    kernels = {"rmsnorm": "rmsnorm_llama.py", "swiglu": "swiglu.py"}
+    tuned = []
+
+    def tune_one(spec_path: str) -> dict:
+        spec = load_spec(spec_path)
+        tuned.append(spec.name)
+        run = tmp_path / "runs" / spec.name
+        run.mkdir(parents=True)
+        kernel = next((k for prefix, k in kernels.items() if spec.name.startswith(prefix)), None)
+        if kernel is not None:
+            code = (FIXTURES / "library_kernels" / kernel).read_text()
+            evaluation, _ = evaluate_on_interpreter(spec, code)
+            (run / "best_kernel.py").write_text(code)
+            (run / "best_evaluation.json").write_text(evaluation.to_json())
+        return {"outputs": str(run), "run_id": f"run-{spec.name}", "evaluations": 1}
+
+    config = dict(TINY_LLAMA, hidden_size=256, intermediate_size=1024)  # norms and MLP near the top
+    case = resolve_model("LlamaConfig", batch=1, seq=4, overrides=config)
+    report = tune_model_steps(case, CPU, tmp_path / "specs", tune_one, top=6)
+    assert len(tuned) == 6 and [r["spec"] for r in report["tuned"]] == tuned
+    registered = {r["spec"] for r in report["tuned"] if r["library"]}
+    assert {n.split("_")[0] for n in registered} == {"rmsnorm", "swiglu"}
+    assert {e.operator for e in entries()} == registered
+    assert all("no correct kernel" in r["result"] for r in report["tuned"] if not r["library"])
+    assert "| rmsnorm" in (tmp_path / "specs" / "tune_model.md").read_text()

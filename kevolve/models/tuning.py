@@ -1,15 +1,24 @@
-"""The steps of tuning a whole model, as plain functions the `tune_model` flow wraps: choose
-the specs worth the budget, and put each run's best kernel into the library."""
+"""The steps of tuning a whole model, as plain functions the `tune_model` flow wraps:
+
+    extract the operators -> write a spec per recognised group -> tune the top specs (each a
+    search run) -> register each run's best kernel in the library
+
+`tune_model_steps` is that sequence over a function that tunes one spec: the flow hands it the
+`tune_operator` sub-flow, the plain path the search without orchestration.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Callable, Mapping, Sequence
 
+from kevolve.errors import KevolveError
 from kevolve.evaluate.result import Evaluation, Outcome
 from kevolve.hardware.target import HardwareTarget
-from kevolve.models.specgen import WrittenSpec
+from kevolve.models.ops import Extraction, extract_ops
+from kevolve.models.specgen import WrittenSpec, write_specs
+from kevolve.models.trace import ModelCase
 from kevolve.specs.model import Dims, OperatorSpec
 
 
@@ -66,3 +75,52 @@ def register_run_outputs(spec_path: Path, target: HardwareTarget, outputs: Path)
     if not kernel.is_file() or not record.is_file():
         return Registration(spec.name, None, f"the run found no correct kernel (nothing in {outputs})")
     return register_best(spec, target, kernel.read_text(), Evaluation.from_json(record.read_text()))
+
+
+# What tuning one spec returns: at least {"outputs": folder with best_kernel.py and
+# best_evaluation.json, "run_id": ..., "evaluations": ...} (tune_operator's run summary).
+TuneOne = Callable[[str], Mapping[str, Any]]
+
+
+@dataclass(frozen=True)
+class ModelSteps:
+    """The steps of tuning a model; the flow hands Prefect tasks, the plain path these."""
+
+    extract: Callable[..., Extraction] = extract_ops
+    write: Callable[..., list[WrittenSpec]] = write_specs
+    register: Callable[[Path, HardwareTarget, Path], Registration] = register_run_outputs
+
+
+def tune_model_steps(case: ModelCase, target: HardwareTarget, out_dir: Path, tune_one: TuneOne, *,
+                     top: int = 3, backward: bool = False, steps: ModelSteps = ModelSteps()) -> dict[str, Any]:
+    """extract the operators -> write a spec per recognised group -> tune the top specs ->
+    register each run's best kernel. Returns the report (also written to out_dir/tune_model.md)."""
+    extraction = steps.extract(case, target, backward=backward)
+    written = steps.write(extraction, out_dir)
+    rows = []
+    for w in choose_specs(written, top):
+        try:
+            summary = dict(tune_one(str(w.path)))
+        except KevolveError as exc:  # one spec's failure (an endpoint down) leaves the others to run
+            rows.append({"spec": w.group.name, "share": w.group.share, "run": None, "library": None,
+                         "result": exc.message})
+            continue
+        outcome = steps.register(w.path, target, Path(summary["outputs"]))
+        rows.append({"spec": w.group.name, "share": w.group.share, "run": summary.get("run_id"),
+                     "evaluations": summary.get("evaluations"), "library": outcome.entry,
+                     "result": outcome.message})
+    report = {"model": extraction.model, "target": target.name, "specs_dir": str(out_dir),
+              "estimated_total_ms": extraction.total_s * 1e3, "specs_written": sum(w.ok for w in written),
+              "tuned": rows}
+    (Path(out_dir) / "tune_model.md").write_text(report_markdown(report))
+    return report
+
+
+def report_markdown(report: Mapping[str, Any]) -> str:
+    lines = [f"# {report['model']} on {report['target']}", "",
+             f"{report['specs_written']} specs in {report['specs_dir']} (ranking in ops.json); "
+             f"estimated eager time {report['estimated_total_ms']:.4g} ms.", "",
+             "| spec | share of time | run | library |", "|---|---|---|---|"]
+    for row in report["tuned"]:
+        lines.append(f"| {row['spec']} | {row['share']:.1%} | {row['run'] or '-'} | {row['result']} |")
+    return "\n".join(lines) + "\n"
