@@ -138,8 +138,9 @@ def test_cli_writes_specs_from_a_config_json(tmp_path):
     assert "no spec: needs a pattern or an LLM" in result.stdout
     assert "wrote 3 specs" in result.stdout
     assert len(list(out.glob("*.yaml"))) == 3 and len(list((out / "ref").glob("*.py"))) == 3
-    validated = run_cli("specs", "validate", str(out))
-    assert validated.returncode == 0, validated.stderr
+    from kevolve.cli import main
+
+    assert main(["specs", "validate", str(out)]) == 0  # in-process: one interpreter start is enough
 
 
 @pytest.mark.parametrize("args, words", [
