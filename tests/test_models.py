@@ -103,6 +103,12 @@ def test_written_specs_validate_and_reproduce_the_model(tiny_llama, tmp_path):
     mlp = LlamaMLP(LlamaConfig(**TINY_LLAMA)).to(torch.bfloat16)
     a, b = torch.randn(16, 172, dtype=torch.bfloat16), torch.randn(16, 172, dtype=torch.bfloat16)
     assert torch.equal(OperatorRuntime(specs["glu"]).reference({})(a, b), mlp.act_fn(a) * b)
+    from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
+
+    q = torch.randn(2, 4, 8, 16, dtype=torch.bfloat16)
+    cos, sin = torch.rand(8, 16, dtype=torch.bfloat16), torch.rand(8, 16, dtype=torch.bfloat16)
+    want, _ = apply_rotary_pos_emb(q, q, cos[None], sin[None])
+    assert torch.equal(OperatorRuntime(specs["rotary"]).reference({})(q, cos, sin), want)
     report = json.loads((tmp_path / "ops.json").read_text())
     assert report["groups"][0]["rank"] == 1
     assert any(g["spec"] == NO_SPEC for g in report["groups"])
@@ -163,3 +169,33 @@ def test_a_model_that_fails_on_fake_tensors_says_so(tmp_path):
                       "    return m, (torch.randn(3, 5),)\n")
     with pytest.raises(ModelError, match="fails in its forward pass"):
         trace_model(resolve_model(f"{broken}:build"))
+
+
+class NormBiasGelu(torch.nn.Module):
+    """LayerNorm without affine parameters, then a bias and GELU (tanh): no matmul to fuse into."""
+
+    def __init__(self, width: int):
+        super().__init__()
+        self.norm = torch.nn.LayerNorm(width, elementwise_affine=False)
+        self.bias = torch.nn.Parameter(torch.zeros(width))
+
+    def forward(self, x):
+        return torch.nn.functional.gelu(self.norm(x) + self.bias, approximate="tanh")
+
+
+def test_bias_activation_and_layernorm_are_recognised(tmp_path):
+    from kevolve.models import ModelCase
+
+    case = ModelCase("norm_bias_gelu", lambda: (NormBiasGelu(96).eval(), (torch.randn(4, 10, 96),), {}))
+    groups = by_pattern(extract_ops(case, H100))
+    (ln,) = groups["layernorm"]
+    assert ln.dims == {"M": 40, "N": 96} and ln.match.variant_dict == {"eps": 1e-5, "weight": False, "bias": False}
+    (bias_gelu,) = groups["bias_act"]
+    assert bias_gelu.name.startswith("bias_gelu_tanh_fp32_m40_n96") and set(bias_gelu.ops) == {"add", "gelu"}
+    assert None not in groups  # every call is covered by a spec
+    written = write_specs(extract_ops(case, H100), tmp_path)
+    assert all(w.ok for w in written), [w.error for w in written if not w.ok]
+    spec = load_spec(next(w.path for w in written if w.group.pattern == "bias_act"))
+    x, b = torch.randn(40, 96), torch.randn(96)
+    assert torch.equal(OperatorRuntime(spec).reference({})(x, b),
+                       torch.nn.functional.gelu(x + b, approximate="tanh"))
