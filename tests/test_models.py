@@ -199,3 +199,13 @@ def test_bias_activation_and_layernorm_are_recognised(tmp_path):
     x, b = torch.randn(40, 96), torch.randn(96)
     assert torch.equal(OperatorRuntime(spec).reference({})(x, b),
                        torch.nn.functional.gelu(x + b, approximate="tanh"))
+
+
+@pytest.mark.parametrize("config", ["GPT2Config", "Gemma2Config", "BertConfig", "Qwen3Config"])
+def test_other_architectures_give_valid_specs(config, tmp_path):
+    """Conv1D projections, soft-capped attention, post-norm encoders, per-head norms: whatever
+    is recognised is written as a spec that validates."""
+    extraction = extract_ops(resolve_model(config, seq=32, overrides={"num_hidden_layers": 1}), H100)
+    written = write_specs(extraction, tmp_path)
+    assert len(written) >= 4 and all(w.ok for w in written), [w.error for w in written if not w.ok]
+    assert {"linear"} <= {w.group.pattern for w in written}

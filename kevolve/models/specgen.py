@@ -77,7 +77,7 @@ def spec_document(group: OpGroup, model: str) -> tuple[dict, str]:
         "shapes": {"tune": dict(tune), "check": check_dims(m.pattern, tune),
                    "interpreter": interpreter_dims(m.pattern, tune)},
         "inputs": [{"name": i.name, "shape": list(i.shape), "dtype": i.dtype,
-                    "dist": specs.dists(i.name, tune)} for i in m.inputs],
+                    "dist": specs.dists(i.name, tune, variant)} for i in m.inputs],
         "params": specs.params(variant),
         "tags": ["model-op", f"pattern={m.pattern}", f"semantics={semantics_key(m)}", f"model={model}"],
     }
