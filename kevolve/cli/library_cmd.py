@@ -66,7 +66,7 @@ def show_cmd(args) -> int:
         for name in ("eager", "compile_default", "compile_max_autotune"):
             t = evaluation.baselines.get(name)
             if t is not None:
-                print(f"  {name:<15} {t.median_ms:.4g} ms")
+                print(f"  {name:<15} {t.median_ms:.4g} ms" + (" (interpreter wall clock)" if t.interpreter else ""))
     print(f"  speedup         {_speed(entry.speedup)} over the fastest baseline")
     if evaluation.diagnosis is not None:
         print(f"  diagnosis       {evaluation.diagnosis.bound}: {evaluation.diagnosis.summary}")
