@@ -15,6 +15,8 @@ COMMANDS = [
     "kevolve.cli.specs_cmd",
     "kevolve.cli.hw_cmd",
     "kevolve.cli.eval_cmd",
+    "kevolve.cli.model_cmd",
+    "kevolve.cli.library_cmd",
 ]
 
 

@@ -1,0 +1,105 @@
+"""The steps of tuning a model that do not need a search: choosing specs, validated shapes,
+and registering a run's best kernel."""
+
+import pytest
+
+from conftest import FIXTURES
+from fixtures.interpreter_check import evaluate_on_interpreter
+from kevolve.evaluate.result import Baselines, Evaluation, Outcome, Timing
+from kevolve.hardware import load_target
+from kevolve.library import entries
+from kevolve.models import extract_ops, resolve_model, write_specs
+from kevolve.models.tuning import choose_specs, register_best, register_run_outputs, validated_dims
+from kevolve.specs import load_spec
+
+TINY_LLAMA = dict(hidden_size=64, intermediate_size=172, num_hidden_layers=1, num_attention_heads=4,
+                  num_key_value_heads=2, vocab_size=128)
+CPU, H100 = load_target("cpu-interpreter"), load_target("h100-sxm")
+
+
+@pytest.fixture(scope="module")
+def written(tmp_path_factory):
+    case = resolve_model("LlamaConfig", batch=2, seq=8, overrides=TINY_LLAMA)
+    return write_specs(extract_ops(case, H100), tmp_path_factory.mktemp("specs"))
+
+
+def test_choose_specs_takes_the_top_valid_ones_in_rank_order(written):
+    chosen = choose_specs(written, 3)
+    assert [w.group.name for w in chosen] == [w.group.name for w in written if w.ok][:3]
+    assert all(a.group.est_s >= b.group.est_s for a, b in zip(chosen, chosen[1:]))
+
+
+def test_validated_dims_are_the_shapes_the_harness_checks(written):
+    spec = load_spec(next(w.path for w in written if w.group.pattern == "rmsnorm"))
+    assert validated_dims(spec, CPU) == [dict(d) for d in spec.interpreter_dims]
+    assert validated_dims(spec, H100) == [dict(spec.tune_dims), *map(dict, spec.check_dims)]
+
+
+def gpu_record(spec, kernel_ms, outcome=Outcome.CORRECT):
+    t = lambda ms: Timing(ms, ms, ms, ms, 100, "cuda events")  # noqa: E731
+    return Evaluation(candidate_hash="0" * 16, spec_name=spec.name, target="h100-sxm", device="H100",
+                      dims=dict(spec.tune_dims), outcome=outcome, timing=t(kernel_ms),
+                      baselines=Baselines(eager=t(1.0), compile_default=t(0.8)))
+
+
+def test_register_best_takes_only_kernels_that_pay(written):
+    spec = load_spec(next(w.path for w in written if w.group.pattern == "rmsnorm"))
+    code = (FIXTURES / "library_kernels" / "rmsnorm_llama.py").read_text()
+    slower = register_best(spec, H100, code, gpu_record(spec, 0.9))
+    assert slower.entry is None and "0.89x" in slower.message
+    failed = register_best(spec, H100, code, gpu_record(spec, 0.1, Outcome.WRONG))
+    assert failed.entry is None and "wrong" in failed.message
+    assert entries() == []
+    faster = register_best(spec, H100, code, gpu_record(spec, 0.4))
+    assert faster.entry == f"{spec.name}@1" and "2.00x" in faster.message
+    again = register_best(spec, H100, code, gpu_record(spec, 0.5))
+    assert again.entry is None and "kept" in again.message
+
+
+def test_register_run_outputs_reads_what_a_run_left(written, tmp_path):
+    path = next(w.path for w in written if w.group.pattern == "glu")
+    spec = load_spec(path)
+    empty = register_run_outputs(path, CPU, tmp_path / "run-without-result")
+    assert empty.entry is None and "no correct kernel" in empty.message
+    code = (FIXTURES / "library_kernels" / "swiglu.py").read_text()
+    evaluation, _ = evaluate_on_interpreter(spec, code)
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "best_kernel.py").write_text(code)
+    (run / "best_evaluation.json").write_text(evaluation.to_json())
+    done = register_run_outputs(path, CPU, run)
+    assert done.entry == f"{spec.name}@1"
+    (entry,) = entries(spec.name)
+    assert [dict(d) for d in entry.validated_dims] == [dict(d) for d in spec.interpreter_dims]
+
+
+def test_tune_model_steps_tune_the_top_specs_and_register_what_passed(tmp_path):
+    """The sequence of the tune_model flow, with each spec tuned by a stand-in for the search that
+    checks a hand-written kernel under the interpreter (the flow's own test runs the real search)."""
+    from kevolve.models.tuning import tune_model_steps
+
+    kernels = {"rmsnorm": "rmsnorm_llama.py", "swiglu": "swiglu.py"}
+    tuned = []
+
+    def tune_one(spec_path: str) -> dict:
+        spec = load_spec(spec_path)
+        tuned.append(spec.name)
+        run = tmp_path / "runs" / spec.name
+        run.mkdir(parents=True)
+        kernel = next((k for prefix, k in kernels.items() if spec.name.startswith(prefix)), None)
+        if kernel is not None:
+            code = (FIXTURES / "library_kernels" / kernel).read_text()
+            evaluation, _ = evaluate_on_interpreter(spec, code)
+            (run / "best_kernel.py").write_text(code)
+            (run / "best_evaluation.json").write_text(evaluation.to_json())
+        return {"outputs": str(run), "run_id": f"run-{spec.name}", "evaluations": 1}
+
+    config = dict(TINY_LLAMA, hidden_size=256, intermediate_size=1024)  # norms and MLP near the top
+    case = resolve_model("LlamaConfig", batch=1, seq=4, overrides=config)
+    report = tune_model_steps(case, CPU, tmp_path / "specs", tune_one, top=6)
+    assert len(tuned) == 6 and [r["spec"] for r in report["tuned"]] == tuned
+    registered = {r["spec"] for r in report["tuned"] if r["library"]}
+    assert {n.split("_")[0] for n in registered} == {"rmsnorm", "swiglu"}
+    assert {e.operator for e in entries()} == registered
+    assert all("no correct kernel" in r["result"] for r in report["tuned"] if not r["library"])
+    assert "| rmsnorm" in (tmp_path / "specs" / "tune_model.md").read_text()
