@@ -1,0 +1,1 @@
+"""The offline synthesizer: template families and transformations as data."""

@@ -1,0 +1,291 @@
+"""Pointwise family: any composition of elementwise ops, broadcasting included; and rotary
+embeddings, which are elementwise but for a rotate-half of the last dim.
+
+The kernel body is generated from the traced graph (expr.Emitter). When every input is the
+output's shape the kernel walks the tensor flat; otherwise it walks rows x columns of the
+output and each broadcast input is indexed through its frame strides (frame.py). A rotate-half
+(`cat((-x[..., h:], x[..., :h]), -1)`) becomes a second load of x at the partner columns.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from kevolve.hardware.target import HardwareTarget
+from kevolve.specs.model import OperatorSpec
+from kevolve.synth.offline import frame as fr
+from kevolve.synth.offline.expr import (CAST_OPS, FLOAT_OPS, BOOL_OPS, INT_OPS, LOGIC_OPS, SIZE_OPS, VIEW_OPS,
+                                        Emitter, Unsupported, Val, base_op, helpers_source, kind_of)
+from kevolve.synth.offline.module import Entry, launch, module_source, torch_dtype
+from kevolve.synth.offline.template import (BLOCK, EVICT, NUM_STAGES, NUM_WARPS, PERSISTENT, PROGRAMS_PER_SM,
+                                            Config, Match, Template, next_pow2, sizes_at, tuned_dims, warps_for)
+from kevolve.synth.offline.trace import Graph, Node, Ref
+
+ELEMENTWISE = (set(FLOAT_OPS) | set(BOOL_OPS) | set(LOGIC_OPS) | INT_OPS
+               | {"clamp", "pow", "logical_not", "bitwise_not", "isnan", "isinf", "floor_divide",
+                  "scalar_tensor", "full", "full_like", "zeros_like", "ones_like"})
+
+
+def is_elementwise(op: str) -> bool:
+    return op == "input" or op in VIEW_OPS or op in CAST_OPS or op in SIZE_OPS or base_op(op) in ELEMENTWISE
+
+
+@dataclass(frozen=True)
+class Leaf:
+    node: str
+    emb: tuple
+    dense: bool
+    kind: str  # f, i, b
+    rotate: bool = False  # read at the rotate-half partner column
+
+
+def _norm(d: int, rank: int) -> int:
+    return d + rank if d < 0 else d
+
+
+def rotate_half_source(graph: Graph, node: Node) -> str | None:
+    """The input x when `node` is cat((-x[..., h:], x[..., :h]), dim=-1) with h = half the last dim."""
+    if node.op != "cat" or len(node.args[0]) != 2:
+        return None
+    rank = len(node.shape)
+    if _norm(node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0), rank) != rank - 1:
+        return None
+    neg, low = (graph.node(r.name) for r in node.args[0])
+    if neg.op != "neg":
+        return None
+    high = graph.node(neg.args[0].name)
+    if high.op != "slice" or low.op != "slice" or high.args[0] != low.args[0]:
+        return None
+    x = graph.node(high.args[0].name)
+    if x.op != "input" or _norm(high.args[1], rank) != rank - 1 or _norm(low.args[1], rank) != rank - 1:
+        return None
+    h, h_end = high.args[2], low.args[3] if len(low.args) > 3 else None
+    if h != h_end or low.args[2] != 0 or (len(high.args) > 4 and high.args[4] != 1):
+        return None
+    if isinstance(h, Ref):  # symbolic: floordiv(size of x's last dim, 2)
+        half = graph.node(h.name)
+        size = graph.node(half.args[0].name) if half.op == "floordiv" and isinstance(half.args[0], Ref) else None
+        if not (size and half.args[1] == 2 and size.op == "sym_size" and size.args[0] == Ref(x.name)
+                and _norm(size.args[1], rank) == rank - 1):
+            return None
+    elif h * 2 != x.hint[-1]:
+        return None
+    return x.name
+
+
+@dataclass(frozen=True)
+class PointwiseDetail:
+    output: str
+    frame: tuple[str, ...]
+    leaves: tuple[Leaf, ...]
+
+    @property
+    def flat(self) -> bool:
+        return all(leaf.dense and not leaf.rotate for leaf in self.leaves)
+
+
+def collect_leaves(graph: Graph, output: str, frame: tuple[str, ...]) -> tuple[Leaf, ...]:
+    """The inputs an elementwise graph reads and where they sit in the frame (a dry run)."""
+    leaves: list[Leaf] = []
+
+    def record(node: Node, emb, rotate: bool = False) -> Val:
+        leaf = Leaf(node.name, tuple(emb), fr.is_dense(node, emb, frame), kind_of(node.dtype), rotate)
+        if leaf not in leaves:
+            leaves.append(leaf)
+        return Val("x", leaf.kind)
+
+    def special(node: Node, emb):
+        x = rotate_half_source(graph, node)
+        if x is None:
+            return None
+        if emb[-1] != len(frame) - 1:
+            raise Unsupported("a rotate-half along a dim that is not the output's last")
+        return record(graph.node(x), emb, rotate=True)
+
+    Emitter(graph, record, special).gen(output, fr.identity(len(frame)))
+    fr.frame_dims_covered(frame, [(graph.node(l.node), l.emb) for l in leaves])
+    return tuple(leaves)
+
+
+class PointwiseTemplate(Template):
+    families = ("pointwise", "rotary")
+    knobs = (BLOCK, NUM_WARPS, NUM_STAGES, PERSISTENT, PROGRAMS_PER_SM, EVICT)
+
+    def match(self, graph: Graph, spec: OperatorSpec) -> Match | None:
+        rotations = {n.name for n in graph.nodes if rotate_half_source(graph, n)}
+        inside = {r.name for n in rotations for r in graph.node(n).args[0]}
+        inside |= {graph.node(n).args[0].name for n in inside if graph.node(n).op == "neg"}
+        if len(graph.outputs) != 1 or not all(is_elementwise(n.op) or n.name in rotations | inside
+                                              for n in graph.nodes):
+            return None
+        out = graph.node(graph.outputs[0])
+        if not out.is_tensor:
+            return None
+        leaves = collect_leaves(graph, out.name, out.shape)
+        if not leaves:
+            raise Unsupported("an output that reads no input")
+        ops = sorted({base_op(n.op) for n in graph.nodes if n.op not in ("input",) and n.op not in SIZE_OPS})
+        how = "flat" if all(l.dense and not l.rotate for l in leaves) else "rows x columns, broadcast inputs"
+        family = "rotary" if any(l.rotate for l in leaves) else "pointwise"
+        return Match(family, f"elementwise ops ({', '.join(ops)}) over {len(out.shape)}-d tensors, {how}",
+                     PointwiseDetail(out.name, out.shape, leaves))
+
+    def seeds(self, match: Match, spec: OperatorSpec, target: HardwareTarget) -> list[dict]:
+        sm = target.sm_count
+        base = {"BLOCK": 1024, "num_warps": 4, "num_stages": 1, "persistent": False, "programs_per_sm": 4,
+                "evict": "none", "sm_count": sm}
+        if target.interpreter:
+            return [dict(base, BLOCK=1024, num_warps=1), dict(base, BLOCK=256, num_warps=1, persistent=True,
+                                                              programs_per_sm=2, evict="stream")]
+        return [
+            dict(base, BLOCK=2048, num_warps=warps_for(2048, target, per_thread=8)),
+            dict(base, BLOCK=4096, num_warps=warps_for(4096, target, per_thread=16), evict="stream"),
+            dict(base, BLOCK=1024, num_warps=warps_for(1024, target, per_thread=8), persistent=True,
+                 programs_per_sm=8),
+            dict(base, BLOCK=8192, num_warps=warps_for(8192, target, per_thread=16), num_stages=2),
+        ]
+
+    def check(self, config: Config, match: Match, target: HardwareTarget) -> str | None:
+        threads = config["num_warps"] * target.warp_size_threads
+        if not target.interpreter and config["BLOCK"] < threads:
+            return f"BLOCK={config['BLOCK']} is smaller than the {threads} threads of {config['num_warps']} warps"
+        if not target.interpreter and config["BLOCK"] > threads * 64:
+            return f"BLOCK={config['BLOCK']} puts more than 64 elements in each thread's registers"
+        return super().check(config, match, target)
+
+    def render(self, spec: OperatorSpec, match: Match, config: Config) -> str:
+        d: PointwiseDetail = match.detail
+        graph = _graph(spec)
+        entry = Entry.of(spec, graph)
+        out = graph.node(d.output)
+        rank = len(d.frame)
+        flat = d.flat
+        tags = {(l.node, l.emb, l.rotate): f"l{i}" for i, l in enumerate(d.leaves)}
+        stream = config["evict"] == "stream"
+
+        def load(node: Node, emb, rotate: bool = False) -> Val:
+            leaf = next(l for l in d.leaves if (l.node, l.emb, l.rotate) == (node.name, tuple(emb), rotate))
+            tag = tags[(leaf.node, leaf.emb, leaf.rotate)]
+            other = "0.0" if leaf.kind == "f" else "0"
+            cols = "rot_cols" if rotate else "cols"
+            if leaf.dense and not rotate:
+                ptr, policy = f"{tag}_ptr + offs", "evict_first" if stream else ""
+            elif leaf.dense:
+                ptr, policy = f"{tag}_ptr + rows[:, None] * C + rot_cols[None, :]", ""
+            else:
+                ptr = f"{tag}_ptr + {fr.leaf_row_offset(tag)}[:, None] + {cols}[None, :] * {tag}_sc"
+                policy = "evict_last" if stream else ""
+            ev = f', eviction_policy="{policy}"' if policy else ""
+            cast = ".to(tl.float32)" if leaf.kind == "f" else ""
+            v = em.emit(f"tl.load({ptr}, mask=mask, other={other}{ev}){cast}", leaf.kind, node.name)
+            if rotate:  # cat((-x[..., h:], x[..., :h])): the first half is negated
+                v = em.emit(f"tl.where((cols < HALF)[None, :], -{v.expr}, {v.expr})", leaf.kind, "rotate-half")
+            return v
+
+        def special(node: Node, emb):
+            x = rotate_half_source(graph, node)
+            return load(graph.node(x), emb, rotate=True) if x else None
+
+        em = Emitter(graph, load, special)
+        result = em.gen(d.output, fr.identity(rank))
+        generic = [l for l in d.leaves if not l.dense]
+        rotary = any(l.rotate for l in d.leaves)
+        body = self._kernel_body(flat, bool(generic), config["persistent"], rotary)
+        store_val = result.expr if result.kind != "b" else f"{result.expr}.to(tl.int8)"
+        store = f"tl.store(out_ptr + offs, {store_val}.to(out_ptr.dtype.element_ty), mask=mask)"
+        ind = "        " if config["persistent"] else "    "
+        params = [f"{tags[(l.node, l.emb, l.rotate)]}_ptr" for l in d.leaves] + ["out_ptr"]
+        params += ["N"] if flat else ["R", "C", "G1", "G2"] + [
+            p for l in generic for p in fr.leaf_stride_params(tags[(l.node, l.emb, l.rotate)])]
+        params += list(em.scalars.values()) + (["HALF"] if rotary else []) + ["NPROG"]
+        consts = ["BLOCK: tl.constexpr"] if flat else ["BLOCK_R: tl.constexpr", "BLOCK_C: tl.constexpr"]
+        consts.append("IDX64: tl.constexpr")
+        kernel_lines = body + [ind + line for line in em.lines] + [ind + store]
+        kernel = ("@triton.jit\ndef _pointwise_kernel(" + ", ".join(params + consts) + "):\n"
+                  + "\n".join(kernel_lines))
+        wrapper = self._wrapper(spec, entry, d, out, config, tags, em.scalars, graph)
+        return module_source(spec, entry, match.family, config, [helpers_source(em.lines), kernel], wrapper,
+                             helpers=[fr.HELPERS, EXTENT_HELPER])
+
+    @staticmethod
+    def _kernel_body(flat: bool, generic: bool, persistent: bool, rotary: bool) -> list[str]:
+        lines = ["    pid = tl.program_id(0)"]
+        if flat:
+            n_tiles = "tl.cdiv(N, BLOCK)"
+        else:
+            lines.append("    n_col_blocks = tl.cdiv(C, BLOCK_C)")
+            n_tiles = "tl.cdiv(R, BLOCK_R) * n_col_blocks"
+        if persistent:
+            lines.append(f"    for tile in tl.range(pid, {n_tiles}, NPROG):")
+            ind = "        "
+        else:
+            lines.append("    tile = pid")
+            ind = "    "
+        if flat:
+            lines += [f"{ind}if IDX64:", f"{ind}    start = tile.to(tl.int64) * BLOCK", f"{ind}else:",
+                      f"{ind}    start = tile * BLOCK",
+                      f"{ind}offs = start + tl.arange(0, BLOCK)", f"{ind}mask = offs < N"]
+            return lines
+        lines += [f"{ind}rows = (tile // n_col_blocks) * BLOCK_R + tl.arange(0, BLOCK_R)",
+                  f"{ind}cols = (tile % n_col_blocks) * BLOCK_C + tl.arange(0, BLOCK_C)",
+                  f"{ind}if IDX64:", f"{ind}    rows = rows.to(tl.int64)",
+                  f"{ind}mask = (rows[:, None] < R) & (cols[None, :] < C)",
+                  f"{ind}offs = rows[:, None] * C + cols[None, :]"]
+        if generic:
+            lines += fr.row_decomposition("rows", ind)
+        if rotary:
+            lines.append(f"{ind}rot_cols = tl.where(cols < HALF, cols + HALF, cols - HALF)")
+        return lines
+
+    @staticmethod
+    def _wrapper(spec, entry: Entry, d: PointwiseDetail, out: Node, config: Config, tags, scalars, graph) -> list[str]:
+        rank = len(d.frame)
+        lines = []
+        for name in sorted({l.node for l in d.leaves if l.dense}):
+            v = entry.var(name)
+            lines.append(f"{v} = {v}.contiguous()")
+        leaf_list = ", ".join(f"({entry.var(l.node)}, {l.emb!r})" for l in d.leaves)
+        lines.append(f"_shape = _frame_shape({rank}, [{leaf_list}])")
+        device = entry.var(d.leaves[0].node)
+        lines.append(f"_out = torch.empty(_shape, dtype={torch_dtype(out.dtype)}, device={device}.device)")
+        lines.append("if _out.numel() == 0:\n    return _out")
+        tensors = ", ".join(entry.var(l.node) for l in d.leaves)
+        lines.append(f"_idx64 = max(_extent(t) for t in ({tensors}, _out)) >= 2 ** 31")
+        sizes = [entry.size(n) for n in scalars]
+        if d.flat:
+            lines.append("_n = _out.numel()")
+            lines.append(f"_tiles = triton.cdiv(_n, {config['BLOCK']})")
+            shape_args, consts = ["_n"], {"BLOCK": config["BLOCK"], "IDX64": "_idx64"}
+        else:
+            generic = [l for l in d.leaves if not l.dense]
+            gl = ", ".join(f"({entry.var(l.node)}, {l.emb!r})" for l in generic)
+            lines.append(f"_R, _C, _G1, _G2, _st = _frame_layout(_shape, ({rank - 1},), [{gl}])")
+            lines.append(f"_block_c = min(triton.next_power_of_2(_C), {config['BLOCK']})")
+            lines.append(f"_block_r = max(1, {config['BLOCK']} // _block_c)")
+            lines.append("_tiles = triton.cdiv(_R, _block_r) * triton.cdiv(_C, _block_c)")
+            shape_args = ["_R", "_C", "_G1", "_G2"] + [f"*_st[{i}]" for i in range(len(generic))]
+            consts = {"BLOCK_R": "_block_r", "BLOCK_C": "_block_c", "IDX64": "_idx64"}
+            if any(l.rotate for l in d.leaves):
+                lines.append("if _C % 2:\n    raise ValueError('a rotate-half needs an even last dim')")
+                sizes.append("_C // 2")
+        if config["persistent"]:
+            lines.append(f"_grid = min(_tiles, {config['sm_count'] * config['programs_per_sm']})")
+        else:
+            lines.append("_grid = _tiles")
+        args = [entry.var(l.node) for l in d.leaves] + ["_out"] + shape_args + sizes + ["_grid"]
+        lines += launch("_pointwise_kernel", "(_grid,)", args, consts, config["num_warps"], config["num_stages"])
+        lines.append("return _out")
+        return lines
+
+
+EXTENT_HELPER = '''
+def _extent(t):
+    """One past the largest element offset a tensor view reaches."""
+    return 1 + sum((s - 1) * st for s, st in zip(t.shape, t.stride()) if s > 0)
+'''
+
+
+def _graph(spec: OperatorSpec) -> Graph:
+    from kevolve.synth.offline.trace import trace
+
+    return trace(spec)

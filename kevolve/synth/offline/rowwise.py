@@ -1,0 +1,553 @@
+"""Row-wise family: reductions over a dim, normalisations and softmax, from the traced graph.
+
+The graph is elementwise ops around reductions (sum, max, min, var) that all reduce the same
+dims of the same *frame*. Rows are the frame's other dims. A program takes BLOCK_M rows and:
+
+- `whole_row`: loads each row once as one tile (BLOCK_N >= the row length) and computes
+  everything in registers; rows longer than WHOLE_ROW_MAX fall back to the looped kernel.
+- `looped`: walks each row in chunks of BLOCK_N, one pass per level of dependent reductions
+  (a norm's statistics, then its output), re-reading the row from cache. With `online`, a
+  softmax's max and sum of exponentials share one pass (rescaling the running sum).
+
+Family names follow the output: a row-scalar output is a `reduction`; a full output with a
+max-then-sum-of-exp pair is `softmax`; any other full output is a `normalization`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from kevolve.hardware.target import HardwareTarget
+from kevolve.specs.model import OperatorSpec
+from kevolve.synth.offline import frame as fr
+from kevolve.synth.offline.expr import Emitter, Unsupported, Val, VIEW_OPS, helpers_source, kind_of
+from kevolve.synth.offline.module import Entry, launch, module_source, torch_dtype
+from kevolve.synth.offline.pointwise import EXTENT_HELPER, is_elementwise
+from kevolve.synth.offline.template import (BLOCK_M, BLOCK_N, EVICT, NUM_STAGES, NUM_WARPS, PERSISTENT,
+                                            PROGRAMS_PER_SM, Config, Knob, Match, Template, next_pow2,
+                                            sizes_at, tuned_dims, warps_for)
+from kevolve.synth.offline.trace import Graph, Node, Ref, trace
+
+REDUCE_KIND = {"sum": "sum", "prims.sum": "sum", "amax": "max", "prims.amax": "max", "amin": "min",
+               "prims.amin": "min", "prims.var": "var", "var": "var"}
+WHOLE_ROW_MAX = 32768  # longest row one tile holds; longer rows take the looped kernel
+TILE_MAX = 32768  # elements of a whole-row tile (BLOCK_M x BLOCK_N)
+
+VARIANT = Knob("variant", ("whole_row", "looped"), "one tile per row, or a loop over row chunks")
+ONLINE = Knob("online", (True, False), "softmax max and sum of exp in one pass (rescaled running sum)")
+
+
+@dataclass(frozen=True)
+class Red:
+    name: str
+    kind: str  # sum | max | min | var
+    input: str
+    correction: float = 0.0
+
+
+@dataclass(frozen=True)
+class Leaf:
+    node: str
+    emb: tuple
+    dense: bool
+    kind: str
+    along_rows: bool
+    along_cols: bool
+
+
+@dataclass(frozen=True)
+class RowDetail:
+    output: str
+    frame: tuple[str, ...]
+    cols: tuple[int, ...]  # the reduced frame dims
+    reductions: tuple[Red, ...]
+    levels: tuple[tuple[str, int], ...]  # reduction -> pass, without online fusion
+    pairs: tuple[tuple[str, str], ...]  # (max, sum of exp) pairs an online pass can fuse
+    leaves: tuple[Leaf, ...]
+    out_full: bool
+    out_emb: tuple
+
+    @property
+    def trailing(self) -> bool:
+        rank = len(self.frame)
+        return self.cols == tuple(range(rank - len(self.cols), rank))
+
+    def level_map(self, online: bool) -> dict[str, int]:
+        levels = dict(self.levels)
+        if online:
+            for mx, sm in self.pairs:
+                levels[sm] = levels[mx]
+        return levels
+
+
+def _dims(arg, rank: int) -> tuple[int, ...]:
+    dims = arg if isinstance(arg, (list, tuple)) else [arg]
+    return tuple(sorted(d + rank if d < 0 else d for d in dims))
+
+
+def _reduction(node: Node, graph: Graph) -> tuple[Red, tuple[str, ...], tuple[int, ...]] | None:
+    kind = REDUCE_KIND.get(node.op)
+    if kind is None:
+        return None
+    src = graph.node(node.args[0].name)
+    rank = len(src.shape)
+    dims = _dims(node.args[1], rank) if len(node.args) > 1 and node.args[1] is not None else tuple(range(rank))
+    if node.kwargs.get("dtype") not in (None, "float32") or kind_of(src.dtype) != "f":
+        raise Unsupported(f"a {node.op} over {src.dtype} values")
+    correction = 0.0
+    if kind == "var":
+        correction = float(node.args[2] if len(node.args) > 2 else node.kwargs.get("correction", 1) or 0)
+    return Red(node.name, kind, src.name, correction), src.shape, dims
+
+
+def _through_views(graph: Graph, name: str) -> str:
+    node = graph.node(name)
+    while node.op in VIEW_OPS:
+        node = graph.node(node.args[0].name)
+    return node.name
+
+
+def _softmax_pairs(graph: Graph, reds: dict[str, Red]) -> list[tuple[str, str]]:
+    """(max, sum) pairs where the sum is of exp(t - max(t)): an online pass can fuse them."""
+    pairs = []
+    for s in reds.values():
+        if s.kind != "sum":
+            continue
+        e = graph.node(s.input)
+        if e.op not in ("exp", "prims.exp"):
+            continue
+        sub = graph.node(e.args[0].name) if isinstance(e.args[0], Ref) else None
+        if sub is None or sub.op not in ("sub", "prims.sub") or not all(isinstance(a, Ref) for a in sub.args[:2]):
+            continue
+        mx = reds.get(_through_views(graph, sub.args[1].name))
+        if mx and mx.kind == "max" and mx.input == sub.args[0].name and sub.kwargs.get("alpha", 1) == 1:
+            pairs.append((mx.name, s.name))
+    return pairs
+
+
+def _levels(graph: Graph, reds: dict[str, Red]) -> dict[str, int]:
+    """Pass of each reduction: one more than the reductions its input needs (var takes two)."""
+    memo: dict[str, set[str]] = {}
+
+    def needs(name: str) -> set[str]:  # reductions reachable from a node without crossing one
+        if name not in memo:
+            node = graph.node(name)
+            out: set[str] = set()
+            for r in node.refs:
+                out |= {r} if r in reds else needs(r)
+            memo[name] = out
+        return memo[name]
+
+    levels: dict[str, int] = {}
+
+    def level(name: str) -> int:
+        if name not in levels:
+            red = reds[name]
+            base = max((level(r) for r in needs(red.input)), default=0)
+            levels[name] = base + (2 if red.kind == "var" else 1)
+        return levels[name]
+
+    for name in reds:
+        level(name)
+    return levels
+
+
+class RowCode:
+    """Writes the kernels of one config: shared leaf loads, reductions and stores."""
+
+    def __init__(self, graph: Graph, d: RowDetail, config: Config):
+        self.graph, self.d, self.config = graph, d, config
+        self.tags = {(l.node, l.emb): f"l{i}" for i, l in enumerate(d.leaves)}
+        self.reds = {r.name: r for r in d.reductions}
+        self.stream = config.get("evict") == "stream"
+        self.scalars: dict[str, str] = {}
+        self.helper_lines: list[str] = []
+
+    # Leaves -----------------------------------------------------------------------------------
+    def leaf(self, node: Node, emb) -> Leaf:
+        return next(l for l in self.d.leaves if l.node == node.name and l.emb == tuple(emb))
+
+    def load(self, em: Emitter, node: Node, emb, row_scope: bool) -> Val:
+        leaf = self.leaf(node, emb)
+        tag = self.tags[(leaf.node, leaf.emb)]
+        other = "0.0" if leaf.kind == "f" else "0"
+        # A looped kernel reads each row again in its next pass: keep it in L2 then.
+        full_policy = "evict_last" if self.config["variant"] == "looped" else "evict_first"
+        if not leaf.along_rows and not leaf.along_cols:
+            ptr, mask, policy = f"{tag}_ptr", None, "evict_last"
+        elif leaf.dense:
+            ptr, mask, policy = f"{tag}_ptr + row_base[:, None] + cols[None, :]", "mask", full_policy
+        elif not leaf.along_cols:
+            ptr, mask, policy = f"{tag}_ptr + {tag}_row[:, None]", "rmask[:, None]", "evict_last"
+        elif not leaf.along_rows:
+            ptr, mask, policy = f"{tag}_ptr + cols[None, :] * {tag}_sc", "cmask[None, :]", "evict_last"
+        else:
+            ptr, mask, policy = f"{tag}_ptr + {tag}_row[:, None] + cols[None, :] * {tag}_sc", "mask", full_policy
+        ev = f', eviction_policy="{policy}"' if self.stream else ""
+        masking = f", mask={mask}, other={other}" if mask else ""
+        cast = ".to(tl.float32)" if leaf.kind == "f" else ""
+        return em.emit(f"tl.load({ptr}{masking}{ev}){cast}", leaf.kind, node.name)
+
+    def col_free(self, emb) -> bool:
+        return not any(f in self.d.cols for f in emb if f is not None)
+
+    # Kernel pieces ----------------------------------------------------------------------------
+    def prologue(self, persistent: bool) -> tuple[list[str], str]:
+        lines = ["    pid = tl.program_id(0)"]
+        if persistent:
+            lines.append("    for tile in tl.range(pid, tl.cdiv(R, BLOCK_M), NPROG):")
+            ind = "        "
+        else:
+            lines.append("    tile = pid")
+            ind = "    "
+        lines += [f"{ind}rows = tile * BLOCK_M + tl.arange(0, BLOCK_M)", f"{ind}rmask = rows < R",
+                  f"{ind}if IDX64:", f"{ind}    rows = rows.to(tl.int64)", f"{ind}row_base = rows * N"]
+        generic = [l for l in self.d.leaves if not l.dense and l.along_rows]
+        if generic or not self.dense_out():
+            lines += fr.row_decomposition("rows", ind)
+        for l in generic:
+            tag = self.tags[(l.node, l.emb)]
+            lines.append(f"{ind}{tag}_row = {fr.leaf_row_offset(tag)}")
+        if not self.dense_out() and self.d.out_full:
+            lines.append(f"{ind}out_row = {fr.leaf_row_offset('out')}")
+        return lines, ind
+
+    def dense_out(self) -> bool:
+        return self.d.trailing or not self.d.out_full
+
+    def store_full(self, val: Val) -> str:
+        ptr = ("out_ptr + row_base[:, None] + cols[None, :]" if self.dense_out()
+               else "out_ptr + out_row[:, None] + cols[None, :] * out_sc")
+        return f"tl.store({ptr}, {self.cast_out(val)}, mask=mask)"
+
+    def store_rows(self, val: Val) -> str:
+        return f"tl.store(out_ptr + rows[:, None], {self.cast_out(val)}, mask=rmask[:, None])"
+
+    @staticmethod
+    def cast_out(val: Val) -> str:
+        v = val.expr if val.kind != "b" else f"{val.expr}.to(tl.int8)"
+        return f"{v}.to(out_ptr.dtype.element_ty)"
+
+    def emitter(self, prefix: str, special) -> Emitter:
+        em = Emitter(self.graph, lambda n, e: None, special, prefix=prefix)
+        em.scalars = self.scalars  # one set of kernel size arguments across scopes
+        return em
+
+    # Whole row --------------------------------------------------------------------------------
+    def whole_row(self) -> list[str]:
+        lines, ind = self.prologue(self.config["persistent"])
+        lines += [f"{ind}cols = tl.arange(0, BLOCK_N)", f"{ind}cmask = cols < N",
+                  f"{ind}mask = rmask[:, None] & cmask[None, :]"]
+        results: dict[str, Val] = {}
+
+        def special(node: Node, emb):
+            if node.name in self.reds:
+                if node.name not in results:
+                    results[node.name] = self.reduce_whole(em, self.reds[node.name])
+                return results[node.name]
+            return None
+
+        em = self.emitter("v", special)
+        em.load = lambda n, e: self.load(em, n, e, row_scope=False)
+        out = em.gen(self.d.output, self.d.out_emb)
+        lines += [ind + l for l in em.lines]
+        lines.append(ind + (self.store_full(out) if self.d.out_full else self.store_rows(out)))
+        self.helper_lines += em.lines
+        return lines
+
+    def reduce_whole(self, em: Emitter, red: Red) -> Val:
+        v = em.gen(red.input, fr.identity(len(self.d.frame)))
+        if red.kind == "sum":
+            return em.emit(f"tl.sum(tl.where(mask, {v.expr}, 0.0), axis=1, keep_dims=True)", "f", red.name)
+        if red.kind in ("max", "min"):
+            fill = 'float("-inf")' if red.kind == "max" else 'float("inf")'
+            return em.emit(f"tl.{red.kind}(tl.where(mask, {v.expr}, {fill}), axis=1, keep_dims=True)", "f", red.name)
+        mean = em.emit(f"tl.sum(tl.where(mask, {v.expr}, 0.0), axis=1, keep_dims=True) / N", "f", "mean for var")
+        dev = em.emit(f"tl.where(mask, {v.expr} - {mean.expr}, 0.0)", "f")
+        return em.emit(f"tl.sum({dev.expr} * {dev.expr}, axis=1, keep_dims=True) / (N - {red.correction!r})",
+                       "f", red.name)
+
+    # Looped -----------------------------------------------------------------------------------
+    def looped(self) -> list[str]:
+        lines, ind = self.prologue(self.config["persistent"])
+        online = self.config.get("online", False)
+        levels = self.d.level_map(online)
+        fused = dict((s, m) for m, s in self.d.pairs) if online else {}
+        results: dict[str, Val] = {}
+
+        def row_special(node: Node, emb):
+            if node.name in self.reds:
+                return results[node.name]
+            if node.op == "input":
+                return self.load(row_em, node, emb, row_scope=True)
+            return None
+
+        row_em = self.emitter("r", row_special)
+
+        def chunk_special(node: Node, emb):
+            if node.name in self.reds:
+                return results[node.name]
+            if node.is_tensor and self.col_free(emb):  # constant along the row: computed once
+                return row_em.gen(node.name, emb)
+            return None
+
+        loop = [f"{ind}for c0 in tl.range(0, N, BLOCK_N):", f"{ind}    cols = c0 + tl.arange(0, BLOCK_N)",
+                f"{ind}    cmask = cols < N", f"{ind}    mask = rmask[:, None] & cmask[None, :]"]
+        ident = fr.identity(len(self.d.frame))
+        for p in range(1, max(levels.values()) + 1):
+            reds = [r for r in self.d.reductions if levels[r.name] == p and r.name not in fused]
+            # a var needs its mean first: an extra pass one level down
+            means = [r for r in self.d.reductions if r.kind == "var" and levels[r.name] == p + 1]
+            if not reds and not means:
+                continue
+            em = self.emitter(f"p{p}_", chunk_special)
+            em.load = lambda n, e, em=em: self.load(em, n, e, row_scope=False)
+            before = len(row_em.lines)
+            init, body, final = [], [], []
+            for r in means:
+                v = em.gen(r.input, ident)
+                init.append(f"acc_mean_{r.name} = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)")
+                body.append(f"acc_mean_{r.name} += tl.where(mask, {v.expr}, 0.0)")
+                final.append(f"mean_{r.name} = tl.sum(acc_mean_{r.name}, axis=1, keep_dims=True) / N")
+            for r in reds:
+                v = em.gen(r.input, ident)
+                acc = f"acc_{r.name}"
+                sm = next((s for m, s in self.d.pairs if m == r.name), None) if online else None
+                if r.kind == "sum":
+                    init.append(f"{acc} = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)")
+                    body.append(f"{acc} += tl.where(mask, {v.expr}, 0.0)")
+                    final.append(f"red_{r.name} = tl.sum({acc}, axis=1, keep_dims=True)")
+                elif r.kind in ("max", "min"):
+                    fill = 'float("-inf")' if r.kind == "max" else 'float("inf")'
+                    fn = "maximum" if r.kind == "max" else "minimum"
+                    init.append(f"{acc} = tl.full([BLOCK_M, BLOCK_N], {fill}, tl.float32)")
+                    if sm:
+                        init.append(f"acc_{sm} = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)")
+                        body += [f"x_{r.name} = tl.where(mask, {v.expr}, {fill})",
+                                 f"m_new = tl.maximum({acc}, x_{r.name})",
+                                 'm_safe = tl.where(m_new == float("-inf"), 0.0, m_new)',
+                                 f"acc_{sm} = acc_{sm} * tl.exp({acc} - m_safe) + tl.exp(x_{r.name} - m_safe)",
+                                 f"{acc} = m_new"]
+                    else:
+                        body.append(f"{acc} = tl.{fn}({acc}, tl.where(mask, {v.expr}, {fill}))")
+                    final.append(f"red_{r.name} = tl.{r.kind}({acc}, axis=1, keep_dims=True)")
+                    if sm:
+                        final += [f'm_row = tl.where(red_{r.name} == float("-inf"), 0.0, red_{r.name})',
+                                  f"red_{sm} = tl.sum(acc_{sm} * tl.exp({acc} - m_row), axis=1, keep_dims=True)"]
+                else:  # var: the mean came from the pass before
+                    init.append(f"{acc} = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)")
+                    body.append(f"{acc} += tl.where(mask, ({v.expr} - mean_{r.name}) * ({v.expr} - mean_{r.name}), 0.0)")
+                    final.append(f"red_{r.name} = tl.sum({acc}, axis=1, keep_dims=True) / (N - {r.correction!r})")
+            lines += [ind + l for l in row_em.lines[before:]]
+            lines += [ind + l for l in init] + loop + [ind + "    " + l for l in em.lines + body]
+            lines += [ind + l for l in final]
+            self.helper_lines += em.lines
+            for r in reds:
+                results[r.name] = Val(f"red_{r.name}", "f")
+                if online and any(m == r.name for m, _ in self.d.pairs):
+                    sm = next(s for m, s in self.d.pairs if m == r.name)
+                    results[sm] = Val(f"red_{sm}", "f")
+        if self.d.out_full:
+            em = self.emitter("o", chunk_special)
+            em.load = lambda n, e: self.load(em, n, e, row_scope=False)
+            before = len(row_em.lines)
+            out = em.gen(self.d.output, self.d.out_emb)
+            lines += [ind + l for l in row_em.lines[before:]]
+            lines += loop + [ind + "    " + l for l in em.lines + [self.store_full(out)]]
+            self.helper_lines += em.lines
+        else:
+            before = len(row_em.lines)
+            out = row_em.gen(self.d.output, self.d.out_emb)
+            lines += [ind + l for l in row_em.lines[before:]] + [ind + self.store_rows(out)]
+        self.helper_lines += row_em.lines
+        return lines
+
+
+class RowwiseTemplate(Template):
+    families = ("softmax", "normalization", "reduction")
+    knobs = (VARIANT, BLOCK_M, BLOCK_N, NUM_WARPS, NUM_STAGES, ONLINE, PERSISTENT, PROGRAMS_PER_SM, EVICT)
+
+    def match(self, graph: Graph, spec: OperatorSpec) -> Match | None:
+        found = []
+        for n in graph.nodes:
+            r = _reduction(n, graph)
+            if r is not None:
+                found.append(r)
+            elif not is_elementwise(n.op):
+                return None
+        if not found or len(graph.outputs) != 1:
+            return None
+        frames = {(shape, dims) for _, shape, dims in found}
+        if len(frames) != 1:
+            raise Unsupported("reductions over different dims or shapes in one graph")
+        (frame, cols), = frames
+        reds = {r.name: r for r, _, _ in found}
+        out = graph.node(graph.outputs[0])
+        rank = len(frame)
+        out_full = tuple(out.shape) == tuple(frame)
+        if out_full:
+            out_emb = fr.identity(rank)
+        else:
+            keep = [d for d in range(rank) if d not in cols]
+            if len(out.shape) == rank:
+                out_emb = tuple(None if d in cols else d for d in range(rank))
+            elif len(out.shape) == len(keep):
+                out_emb = tuple(keep)
+            else:
+                raise Unsupported(f"an output of shape {list(out.shape)} from a frame {list(frame)}")
+            expected = [frame[f] if f is not None else "1" for f in out_emb]
+            if list(out.shape) != expected:
+                raise Unsupported(f"an output of shape {list(out.shape)} from a frame {list(frame)}")
+        leaves = self._leaves(graph, reds, out.name, out_emb, frame, cols)
+        pairs = tuple(_softmax_pairs(graph, reds))
+        levels = _levels(graph, reds)
+        family = "reduction" if not out_full else ("softmax" if pairs else "normalization")
+        kinds = ", ".join(sorted({r.kind for r in reds.values()}))
+        detail = RowDetail(out.name, tuple(frame), cols, tuple(reds.values()), tuple(sorted(levels.items())), pairs,
+                           leaves, out_full, tuple(out_emb))
+        return Match(family, f"{kinds} over dim(s) {list(cols)} of a {rank}-d frame with elementwise ops around "
+                     f"them, {'a full' if out_full else 'a reduced'} output", detail)
+
+    @staticmethod
+    def _leaves(graph, reds, output, out_emb, frame, cols) -> tuple[Leaf, ...]:
+        leaves: list[Leaf] = []
+        trailing = cols == tuple(range(len(frame) - len(cols), len(frame)))
+
+        def record(node: Node, emb) -> Val:
+            key = (node.name, tuple(emb))
+            if all((l.node, l.emb) != key for l in leaves):
+                along_cols = any(f in cols for f in emb if f is not None)
+                along_rows = any(f not in cols for f in emb if f is not None)
+                dense = trailing and fr.is_dense(node, emb, frame)
+                leaves.append(Leaf(node.name, tuple(emb), dense, kind_of(node.dtype), along_rows, along_cols))
+            return Val("x", kind_of(node.dtype))
+
+        def special(node: Node, emb):
+            if node.name in reds:
+                ident = fr.identity(len(frame))
+                em.gen(reds[node.name].input, ident)
+                return Val("r", "f")
+            return None
+
+        em = Emitter(graph, record, special)
+        em.gen(output, out_emb)
+        fr.frame_dims_covered(frame, [(graph.node(l.node), l.emb) for l in leaves])
+        return tuple(leaves)
+
+    def seeds(self, match: Match, spec: OperatorSpec, target: HardwareTarget) -> list[dict]:
+        d: RowDetail = match.detail
+        graph = trace(spec)
+        sizes = sizes_at(graph, spec, d.frame, tuned_dims(spec, target))
+        n = 1
+        for c in d.cols:
+            n *= sizes[c]
+        rows = max(1, _prod(sizes) // max(1, n))
+        sm = target.sm_count
+        base = {"variant": "whole_row", "BLOCK_M": 1, "BLOCK_N": 1024, "num_warps": 4, "num_stages": 1,
+                "persistent": False, "programs_per_sm": 4, "evict": "none", "sm_count": sm}
+        if d.pairs:
+            base["online"] = True
+        row = next_pow2(n)
+        short = max(1, min(64, 2048 // row))  # short rows: several per program
+        seeds = []
+        if row <= 16384:
+            seeds.append(dict(base, BLOCK_N=row, BLOCK_M=short, num_warps=warps_for(row * short, target, 16)))
+        seeds.append(dict(base, variant="looped", BLOCK_N=min(row, 4096), BLOCK_M=1,
+                          num_warps=warps_for(min(row, 4096), target, 8), evict="stream"))
+        if row <= 16384:
+            seeds.append(dict(base, BLOCK_N=row, BLOCK_M=short, num_warps=warps_for(row * short, target, 8),
+                              persistent=True, programs_per_sm=4 if rows > 4 * sm else 1))
+        seeds.append(dict(base, variant="looped", BLOCK_N=min(row, 1024), BLOCK_M=max(1, short // 2),
+                          num_warps=warps_for(min(row, 1024), target, 4)))
+        if target.interpreter:
+            for s in seeds:
+                s["num_warps"] = 1
+        return seeds
+
+    def check(self, config: Config, match: Match, target: HardwareTarget) -> str | None:
+        if config["variant"] == "looped" and config["BLOCK_M"] * config["BLOCK_N"] > 16384:
+            return "a looped tile of more than 16384 elements spills its accumulators"
+        return super().check(config, match, target)
+
+    def render(self, spec: OperatorSpec, match: Match, config: Config) -> str:
+        d: RowDetail = match.detail
+        graph = trace(spec)
+        entry = Entry.of(spec, graph)
+        code = RowCode(graph, d, config)
+        kernels, names = [], []
+        variants = ["looped"] if config["variant"] == "looped" else ["whole_row", "looped"]
+        for variant in variants:
+            code.config = dict(config, variant=variant)
+            body = code.whole_row() if variant == "whole_row" else code.looped()
+            names.append(f"_rowwise_{variant}")
+            kernels.append(body)
+        params = self._params(code)
+        consts = ["BLOCK_M: tl.constexpr", "BLOCK_N: tl.constexpr", "IDX64: tl.constexpr"]
+        sources = [f"@triton.jit\ndef {name}(" + ", ".join(params + consts) + "):\n" + "\n".join(body)
+                   for name, body in zip(names, kernels)]
+        wrapper = self._wrapper(spec, entry, d, config, code, graph)
+        return module_source(spec, entry, match.family, config,
+                             [helpers_source(code.helper_lines)] + sources, wrapper, helpers=[fr.HELPERS, EXTENT_HELPER])
+
+    @staticmethod
+    def _params(code: RowCode) -> list[str]:
+        d = code.d
+        params = [f"{code.tags[(l.node, l.emb)]}_ptr" for l in d.leaves] + ["out_ptr", "R", "N", "G1", "G2"]
+        for l in d.leaves:
+            if not l.dense:
+                params += fr.leaf_stride_params(code.tags[(l.node, l.emb)])
+        if d.out_full and not code.dense_out():
+            params += fr.leaf_stride_params("out")
+        return params + list(code.scalars.values()) + ["NPROG"]
+
+    @staticmethod
+    def _wrapper(spec, entry: Entry, d: RowDetail, config: Config, code: RowCode, graph: Graph) -> list[str]:
+        rank = len(d.frame)
+        out = graph.node(d.output)
+        lines = [f"{entry.var(n)} = {entry.var(n)}.contiguous()" for n in sorted({l.node for l in d.leaves if l.dense})]
+        leaf_list = ", ".join(f"({entry.var(l.node)}, {l.emb!r})" for l in d.leaves)
+        lines.append(f"_shape = _frame_shape({rank}, [{leaf_list}])")
+        out_shape = ", ".join(f"_shape[{f}]" if f is not None else "1" for f in d.out_emb)
+        device = entry.var(d.leaves[0].node)
+        lines.append(f"_out = torch.empty([{out_shape}], dtype={torch_dtype(out.dtype)}, device={device}.device)")
+        generic = [l for l in d.leaves if not l.dense]
+        layout = [f"({entry.var(l.node)}, {l.emb!r})" for l in generic]
+        if d.out_full and not code.dense_out():
+            layout.append(f"(_out, {fr.identity(rank)!r})")
+        lines.append(f"_R, _N, _G1, _G2, _st = _frame_layout(_shape, {d.cols!r}, [{', '.join(layout)}])")
+        lines.append("if _out.numel() == 0:\n    return _out")
+        tensors = ", ".join(entry.var(l.node) for l in d.leaves)
+        lines.append(f"_idx64 = max(_extent(t) for t in ({tensors}, _out)) >= 2 ** 31")
+        strides = [f"*_st[{i}]" for i in range(len(layout))]
+        sizes = [entry.size(n) for n in code.scalars]
+        args = [entry.var(l.node) for l in d.leaves] + ["_out", "_R", "_N", "_G1", "_G2"] + strides + sizes + ["_grid"]
+        nprog = config["sm_count"] * config["programs_per_sm"]
+
+        def grid_lines(bm: str) -> list[str]:
+            tiles = f"triton.cdiv(_R, {bm})"
+            return [f"_grid = min({tiles}, {nprog})" if config["persistent"] else f"_grid = {tiles}"]
+
+        looped = grid_lines(str(config["BLOCK_M"])) + launch(
+            "_rowwise_looped", "(_grid,)", args, {"BLOCK_M": config["BLOCK_M"], "BLOCK_N": config["BLOCK_N"],
+                                                 "IDX64": "_idx64"}, config["num_warps"], config["num_stages"])
+        if config["variant"] == "looped":
+            lines += looped
+        else:
+            whole = (["_bn = triton.next_power_of_2(_N)", f"_bm = max(1, min({config['BLOCK_M']}, {TILE_MAX} // _bn))"]
+                     + grid_lines("_bm")
+                     + launch("_rowwise_whole_row", "(_grid,)", args, {"BLOCK_M": "_bm", "BLOCK_N": "_bn",
+                                                                       "IDX64": "_idx64"},
+                              config["num_warps"], config["num_stages"]))
+            lines.append(f"if _N <= {WHOLE_ROW_MAX}:")
+            lines += ["    " + l for l in whole]
+            lines.append("else:  # rows too long for one tile")
+            lines += ["    " + l for l in looped]
+        lines.append("return _out")
+        return lines
+
+
+def _prod(xs) -> int:
+    n = 1
+    for x in xs:
+        n *= x
+    return n
