@@ -70,10 +70,13 @@ class BucketizeTemplate(Template):
                 s["num_warps"] = 1
         return seeds
 
-    def check(self, config: Config, match: Match, target: HardwareTarget) -> str | None:
+    def inert(self, config: Config) -> set[str]:
+        return {"BLOCK_K"} if config["search"] == "binary" else set()
+
+    def check(self, config: Config, match: Match, target: HardwareTarget, spec: OperatorSpec) -> str | None:
         if config["search"] == "linear" and config["BLOCK"] * config["BLOCK_K"] > 32768:
             return "a linear search tile of more than 32768 compares spills"
-        return super().check(config, match, target)
+        return super().check(config, match, target, spec)
 
     def render(self, spec: OperatorSpec, match: Match, config: Config) -> str:
         d: BucketizeDetail = match.detail

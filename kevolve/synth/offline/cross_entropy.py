@@ -107,10 +107,10 @@ class CrossEntropyTemplate(Template):
                 s["num_warps"] = 1
         return seeds
 
-    def check(self, config: Config, match: Match, target: HardwareTarget) -> str | None:
+    def check(self, config: Config, match: Match, target: HardwareTarget, spec: OperatorSpec) -> str | None:
         if config["BLOCK_M"] * config["BLOCK_N"] > 16384:
             return "more than 16384 running maxima and sums per program spill"
-        return super().check(config, match, target)
+        return super().check(config, match, target, spec)
 
     def render(self, spec: OperatorSpec, match: Match, config: Config) -> str:
         d: CrossEntropyDetail = match.detail

@@ -139,13 +139,13 @@ class JaggedTemplate(Template):
                 s["num_warps"] = 1
         return seeds
 
-    def check(self, config: Config, match: Match, target: HardwareTarget) -> str | None:
+    def check(self, config: Config, match: Match, target: HardwareTarget, spec: OperatorSpec) -> str | None:
         rows = config.get("UNROLL", config.get("BLOCK_L", 1))
         if rows * config["BLOCK_D"] > 16384:
             return "more than 16384 gathered elements per step spill"
         if config["vec"] > config["BLOCK_D"]:
             return "vec wider than BLOCK_D"
-        return super().check(config, match, target)
+        return super().check(config, match, target, spec)
 
     def render(self, spec: OperatorSpec, match: Match, config: Config) -> str:
         d: JaggedDetail = match.detail

@@ -55,6 +55,8 @@ class MatmulDetail:
     core: str  # the last epilogue node before any output views
     output: str
     leaves: tuple[Leaf, ...]
+    core_emb: tuple = ()  # the core's dims in the matmul frame; -1: the flattened rows of a reshape
+    shape_from: str | None = None  # the view whose sizes the output takes, if it is reshaped
 
 
 def _chain(graph: Graph, name: str) -> tuple[str, ...]:
@@ -100,19 +102,27 @@ class MatmulTemplate(Template):
         while graph.node(core).op in VIEW_OPS and core != mm.name:
             views_after.append(core)
             core = graph.node(core).args[0].name
-        frame = graph.node(core).shape
-        if tuple(frame) != tuple(mm.shape):
-            raise Unsupported(f"an epilogue that changes the matmul's shape {list(mm.shape)} to {list(frame)}")
-        leaves = self._leaves(graph, mm, core, frame)
+        frame = tuple(mm.shape)
         batched = MATMUL_OPS[mm.op] == 3
+        core_shape = tuple(graph.node(core).shape)
+        core_emb = fr.identity(len(frame))
+        reshapes = [n.name for n in graph.nodes if _row_reshape(graph, n, mm)]
+        if core_shape != frame:
+            # a Linear on a 3-d input: rows reshaped back to [..., N], elementwise ops after that
+            if batched or core_shape[-1] != frame[-1] or not reshapes:
+                raise Unsupported(f"an epilogue that changes the matmul's shape {list(frame)} to {list(core_shape)}")
+            core_emb = (-1,) * (len(core_shape) - 1) + (1,)
+        shape_from = views_after[0] if views_after else (reshapes[0] if reshapes else None)
+        leaves = self._leaves(graph, mm, core, frame, core_emb, core_shape)
         epi = sorted({n.op for n in graph.nodes if n.name not in operand_nodes and n.op not in ("input",)
                       and n.name != mm.name and not n.op.startswith("sym")})
-        detail = MatmulDetail(mm.name, a, b, batched, next(iter(dtypes)), core, graph.outputs[0], leaves)
+        detail = MatmulDetail(mm.name, a, b, batched, next(iter(dtypes)), core, graph.outputs[0], leaves, core_emb,
+                              shape_from)
         return Match("matmul", f"{mm.op} of {detail.dtype} operands with the epilogue "
                      f"{', '.join(epi) if epi else '(none)'}", detail)
 
     @staticmethod
-    def _leaves(graph: Graph, mm: Node, core: str, frame) -> tuple[Leaf, ...]:
+    def _leaves(graph: Graph, mm: Node, core: str, frame, core_emb, core_shape) -> tuple[Leaf, ...]:
         leaves: list[Leaf] = []
         rank = len(frame)
 
@@ -120,12 +130,16 @@ class MatmulTemplate(Template):
             if all((l.node, l.emb) != (node.name, tuple(emb)) for l in leaves):
                 along_cols = (rank - 1) in emb
                 along_rows = any(f is not None and f != rank - 1 for f in emb)
-                leaves.append(Leaf(node.name, tuple(emb), fr.is_dense(node, emb, frame), kind_of(node.dtype),
-                                   along_rows, along_cols))
+                dense = fr.is_dense(node, emb, frame)
+                if -1 in emb:  # seen after the rows were reshaped: only the whole output shape is readable
+                    if tuple(emb) != tuple(core_emb) or tuple(node.shape) != core_shape:
+                        raise Unsupported("an input broadcast over part of a reshaped matmul output")
+                    dense = True
+                leaves.append(Leaf(node.name, tuple(emb), dense, kind_of(node.dtype), along_rows, along_cols))
             return Val("x", kind_of(node.dtype))
 
         em = Emitter(graph, record, lambda n, e: _claim(em, n, e, mm, Val("acc", "f")))
-        em.gen(core, fr.identity(rank))
+        em.gen(core, core_emb)
         return tuple(leaves)
 
     def seeds(self, match: Match, spec: OperatorSpec, target: HardwareTarget) -> list[dict]:
@@ -136,7 +150,7 @@ class MatmulTemplate(Template):
         if d.dtype == "float32":
             base["dot_precision"] = "ieee"
         if target.interpreter:
-            return [dict(base, BLOCK_M=32, BLOCK_N=32, BLOCK_K=32, num_warps=1, num_stages=1),
+            return [dict(base, BLOCK_M=64, BLOCK_N=64, BLOCK_K=32, num_warps=1, num_stages=1),
                     dict(base, BLOCK_M=16, BLOCK_N=64, BLOCK_K=16, GROUP_M=4, SPLIT_K=2, num_warps=1,
                          num_stages=1, persistent=True)]
         if d.dtype == "float32":
@@ -149,7 +163,7 @@ class MatmulTemplate(Template):
                 dict(base, BLOCK_M=64, BLOCK_N=128, num_warps=4, num_stages=4),
                 dict(base, persistent=True, programs_per_sm=1, num_stages=4)]
 
-    def check(self, config: Config, match: Match, target: HardwareTarget) -> str | None:
+    def check(self, config: Config, match: Match, target: HardwareTarget, spec: OperatorSpec) -> str | None:
         d: MatmulDetail = match.detail
         size = 4 if d.dtype == "float32" else 2
         smem = (config["BLOCK_M"] + config["BLOCK_N"]) * config["BLOCK_K"] * size * max(1, config["num_stages"] - 1)
@@ -159,7 +173,7 @@ class MatmulTemplate(Template):
         acc_per_thread = config["BLOCK_M"] * config["BLOCK_N"] // (config["num_warps"] * target.warp_size_threads)
         if not target.interpreter and acc_per_thread > 256:
             return f"a {config['BLOCK_M']}x{config['BLOCK_N']} accumulator over {config['num_warps']} warps spills"
-        return super().check(config, match, target)
+        return super().check(config, match, target, spec)
 
     def render(self, spec: OperatorSpec, match: Match, config: Config) -> str:
         d: MatmulDetail = match.detail
@@ -189,7 +203,7 @@ class MatmulTemplate(Template):
             return em.emit(f"tl.load({ptr}{masking}){cast}", leaf.kind, node.name)
 
         em = Emitter(graph, load, lambda n, e: _claim(em, n, e, mm, Val("acc", "f")))
-        result = em.gen(d.core, fr.identity(rank))
+        result = em.gen(d.core, d.core_emb)
         epilogue = self._epilogue_prelude(d, tags) + em.lines
         store = f"tl.store(out_ptr + rows[:, None] * N + rn[None, :], {result.expr}.to(out_ptr.dtype.element_ty), mask=mask)"
         leaf_params = [f"{tags[(l.node, l.emb)]}_ptr" for l in d.leaves]
@@ -340,8 +354,20 @@ class MatmulTemplate(Template):
         return lines
 
 
+def _row_reshape(graph: Graph, node: Node, mm: Node) -> bool:
+    """A view of the 2-d matmul's frame back to [..., N] (a Linear applied to a 3-d input)."""
+    if node.op not in ("view", "_unsafe_view", "reshape") or len(mm.shape) != 2:
+        return False
+    src = graph.node(node.args[0].name)
+    return tuple(src.shape) == tuple(mm.shape) and tuple(node.shape) != tuple(mm.shape) \
+        and node.shape[-1] == mm.shape[-1]
+
+
 def _claim(em: Emitter, node: Node, emb, mm: Node, acc: Val) -> Val | None:
-    """The accumulator stands for the matmul; addmm/baddbmm add their beta * input."""
+    """The accumulator stands for the matmul; addmm/baddbmm add their beta * input; a reshape of
+    the rows back to [..., N] is the same elements in the same order."""
+    if _row_reshape(em.graph, node, mm):
+        return em.gen(node.args[0].name, fr.identity(2))
     if node.name != mm.name:
         return None
     if mm.op in ("mm", "bmm"):
@@ -386,9 +412,9 @@ def _replay(entry: Entry, graph: Graph, chain: tuple[str, ...]) -> str:
 
 def _final_view(entry: Entry, graph: Graph, d: MatmulDetail, var: str) -> str:
     """The output's shape when the reference reshapes the matmul's result (a 3-d Linear)."""
-    if d.output == d.core:
+    if d.shape_from is None:
         return ""
-    node = graph.node(d.output)
+    node = graph.node(d.shape_from)
     if node.op not in ("view", "_unsafe_view", "reshape"):
         raise Unsupported(f"the output view {node.op}")
     return f".reshape({', '.join(_size_arg(entry, s) for s in node.args[1])})"

@@ -145,13 +145,13 @@ class PointwiseTemplate(Template):
             dict(base, BLOCK=8192, num_warps=warps_for(8192, target, per_thread=16), num_stages=2),
         ]
 
-    def check(self, config: Config, match: Match, target: HardwareTarget) -> str | None:
+    def check(self, config: Config, match: Match, target: HardwareTarget, spec: OperatorSpec) -> str | None:
         threads = config["num_warps"] * target.warp_size_threads
         if not target.interpreter and config["BLOCK"] < threads:
             return f"BLOCK={config['BLOCK']} is smaller than the {threads} threads of {config['num_warps']} warps"
         if not target.interpreter and config["BLOCK"] > threads * 64:
             return f"BLOCK={config['BLOCK']} puts more than 64 elements in each thread's registers"
-        return super().check(config, match, target)
+        return super().check(config, match, target, spec)
 
     def render(self, spec: OperatorSpec, match: Match, config: Config) -> str:
         d: PointwiseDetail = match.detail

@@ -436,11 +436,8 @@ class RowwiseTemplate(Template):
 
     def seeds(self, match: Match, spec: OperatorSpec, target: HardwareTarget) -> list[dict]:
         d: RowDetail = match.detail
-        graph = trace(spec)
-        sizes = sizes_at(graph, spec, d.frame, tuned_dims(spec, target))
-        n = 1
-        for c in d.cols:
-            n *= sizes[c]
+        sizes = sizes_at(trace(spec), spec, d.frame, tuned_dims(spec, target))
+        n = self.row_length(match, spec, target)
         rows = max(1, _prod(sizes) // max(1, n))
         sm = target.sm_count
         base = {"variant": "whole_row", "BLOCK_M": 1, "BLOCK_N": 1024, "num_warps": 4, "num_stages": 1,
@@ -464,10 +461,29 @@ class RowwiseTemplate(Template):
                 s["num_warps"] = 1
         return seeds
 
-    def check(self, config: Config, match: Match, target: HardwareTarget) -> str | None:
+    def inert(self, config: Config) -> set[str]:
+        inert = super().inert(config)
+        if config["variant"] == "whole_row":  # the tile is the row; BLOCK_N only sizes the fallback
+            inert |= {"BLOCK_N", "online"}
+        return inert
+
+    def check(self, config: Config, match: Match, target: HardwareTarget, spec: OperatorSpec) -> str | None:
         if config["variant"] == "looped" and config["BLOCK_M"] * config["BLOCK_N"] > 16384:
             return "a looped tile of more than 16384 elements spills its accumulators"
-        return super().check(config, match, target)
+        if config["variant"] == "whole_row":
+            row = next_pow2(self.row_length(match, spec, target))
+            if row > WHOLE_ROW_MAX:
+                return f"rows of {row} are longer than a whole-row tile; the looped variant runs instead"
+            if config["BLOCK_M"] > 1 and config["BLOCK_M"] * row > TILE_MAX:
+                return f"{config['BLOCK_M']} rows of {row} exceed a {TILE_MAX}-element tile"
+        return super().check(config, match, target, spec)
+
+    @staticmethod
+    def row_length(match: Match, spec: OperatorSpec, target: HardwareTarget) -> int:
+        """Elements reduced per row at the tuned shape."""
+        d: RowDetail = match.detail
+        sizes = sizes_at(trace(spec), spec, d.frame, tuned_dims(spec, target))
+        return _prod(sizes[c] for c in d.cols)
 
     def render(self, spec: OperatorSpec, match: Match, config: Config) -> str:
         d: RowDetail = match.detail

@@ -72,12 +72,16 @@ class Template:
         """A few diverse configs, best guess first, sized for the target and the tuned shape."""
         raise NotImplementedError
 
-    def check(self, config: Config, match: Match, target: HardwareTarget) -> str | None:
+    def check(self, config: Config, match: Match, target: HardwareTarget, spec: OperatorSpec) -> str | None:
         """Why a config cannot work on the target (None when it can)."""
         return check_common(config, target)
 
     def render(self, spec: OperatorSpec, match: Match, config: Config) -> str:
         raise NotImplementedError
+
+    def inert(self, config: Config) -> set[str]:
+        """Knobs that change nothing in this config (stepping them would only repeat it)."""
+        return set() if config.get("persistent") else {"programs_per_sm"}
 
     def knob(self, name: str) -> Knob | None:
         return next((k for k in self.knobs if k.name == name), None)

@@ -1,0 +1,180 @@
+"""Family detection from the traced reference, and seeds that are correct under the interpreter
+on every interpreter shape of every example spec (and of KernelBench problems)."""
+
+import textwrap
+
+import pytest
+
+from conftest import FIXTURES, REPO
+from kevolve.hardware.target import load_target
+from kevolve.hardware.calibrate import datasheet_ceilings
+from kevolve.specs import discover, load_spec
+from kevolve.synth.base import SynthesisError, SynthesisRequest
+from kevolve.synth.offline import OfflineSynthesizer, match_family
+from offline_support import problems
+
+EXPECTED = {
+    "bias_gelu_residual": "pointwise", "bucketize": "bucketize", "clamp_log1p": "pointwise",
+    "cross_entropy": "cross_entropy", "embedding_bag_sum": "embedding_bag", "gelu_tanh": "pointwise",
+    "jagged_segment_sum": "segment_sum", "layernorm": "normalization", "log_softmax": "softmax",
+    "matmul_bias_relu": "matmul", "rmsnorm": "normalization", "rotary_embedding": "rotary",
+    "softmax": "softmax", "softmax_fp32": "softmax", "swiglu": "pointwise",
+    "relu_problem": "pointwise", "scale_bias_problem": "matmul",
+}
+SPECS = discover([REPO / "specs"]) + sorted((FIXTURES / "kernelbench").glob("*.py"))
+INTERPRETER = load_target("cpu-interpreter")
+
+
+def seeds(spec, n=1):
+    request = SynthesisRequest(spec=spec, target=INTERPRETER, ceilings=datasheet_ceilings(INTERPRETER), n=n)
+    return OfflineSynthesizer().propose(request)
+
+
+def test_every_example_spec_is_covered():
+    assert {p.stem for p in SPECS} == set(EXPECTED)
+
+
+@pytest.mark.parametrize("path", SPECS, ids=lambda p: p.stem)
+def test_family_read_from_the_graph(path):
+    found = match_family(load_spec(path))
+    assert found.family == EXPECTED[path.stem], found.reason
+    assert found.reason
+
+
+@pytest.mark.parametrize("path", SPECS, ids=lambda p: p.stem)
+def test_seed_is_correct_on_every_interpreter_shape(path):
+    spec = load_spec(path)
+    (candidate,) = seeds(spec)
+    assert candidate.origin.synthesizer == "offline" and candidate.origin.family == EXPECTED[path.stem]
+    assert candidate.origin.transforms == () and candidate.origin.note.startswith("seed 1")
+    assert "@triton.jit" in candidate.code and "tl.load" in candidate.code and "tl.store" in candidate.code
+    assert problems(spec, candidate.code) == []
+
+
+def write_spec(tmp_path, name, source, inputs, shapes, params="{}", family=None):
+    (tmp_path / "ref.py").write_text(textwrap.dedent(source))
+    fam = f"family: {family}\n" if family else ""
+    (tmp_path / f"{name}.yaml").write_text(
+        f"name: {name}\n{fam}reference: ref.py:{name}\nshapes:\n  tune: {shapes[0]}\n"
+        f"  interpreter: [{', '.join(shapes)}]\ninputs:\n" + "".join(f"  - {i}\n" for i in inputs)
+        + f"params: {params}\n")
+    return load_spec(tmp_path / f"{name}.yaml")
+
+
+def test_the_family_hint_is_not_the_answer(tmp_path):
+    spec = write_spec(tmp_path, "gelu_named_softmax", """
+        import torch
+        def gelu_named_softmax(x):
+            return torch.nn.functional.gelu(x)
+        """, ["{name: x, shape: [M, N], dtype: fp32, dist: {kind: normal}}"], ["{M: 3, N: 50}"], family="softmax")
+    assert match_family(spec).family == "pointwise"
+
+
+def test_an_operator_no_family_covers_needs_an_llm(tmp_path):
+    spec = write_spec(tmp_path, "running_total", """
+        import torch
+        def running_total(x):
+            return torch.cumsum(x, dim=-1)
+        """, ["{name: x, shape: [M, N], dtype: fp32, dist: {kind: normal}}"], ["{M: 3, N: 50}"])
+    with pytest.raises(SynthesisError) as err:
+        match_family(spec)
+    assert "needs an LLM" in err.value.message and "cumsum" in err.value.message
+    with pytest.raises(SynthesisError, match="needs an LLM"):
+        seeds(spec)
+
+
+def test_two_matmuls_need_an_llm(tmp_path):
+    spec = write_spec(tmp_path, "mlp", """
+        import torch
+        def mlp(x, w1, w2):
+            return torch.relu(x @ w1) @ w2
+        """, ["{name: x, shape: [M, K], dtype: fp32, dist: {kind: normal}}",
+              "{name: w1, shape: [K, K], dtype: fp32, dist: {kind: normal}}",
+              "{name: w2, shape: [K, K], dtype: fp32, dist: {kind: normal}}"], ["{M: 8, K: 16}"])
+    with pytest.raises(SynthesisError, match="more than one matmul.*needs an LLM"):
+        match_family(spec)
+
+
+# Generality: graphs the example specs do not exercise.
+
+def test_pointwise_broadcasts_lower_rank_and_transposed_inputs(tmp_path):
+    spec = write_spec(tmp_path, "mixed", """
+        import torch
+        def mixed(x, row, col, y):
+            return torch.where(x > 0, x * row.unsqueeze(-1), torch.exp(x) - 1) + col * y.t() - 2.0
+        """, ["{name: x, shape: [M, N], dtype: fp32, dist: {kind: normal}}",
+              "{name: row, shape: [M], dtype: fp32, dist: {kind: normal}}",
+              "{name: col, shape: [N], dtype: fp32, dist: {kind: normal}}",
+              "{name: y, shape: [N, M], dtype: fp32, dist: {kind: normal}}"], ["{M: 5, N: 37}", "{M: 9, N: 16}"])
+    found = match_family(spec)
+    assert found.family == "pointwise" and "broadcast" in found.reason
+    assert problems(spec, seeds(spec)[0].code) == []
+
+
+def test_reduction_over_a_middle_dim_with_an_epilogue(tmp_path):
+    spec = write_spec(tmp_path, "rms_over_channels", """
+        import torch
+        def rms_over_channels(x):
+            return torch.sqrt((x * x).mean(dim=1) + 1e-3)
+        """, ["{name: x, shape: [B, C, L], dtype: fp32, dist: {kind: normal}}"], ["{B: 3, C: 20, L: 7}"])
+    assert match_family(spec).family == "reduction"
+    for candidate in seeds(spec, n=3):
+        assert problems(spec, candidate.code) == [], candidate.origin.config
+
+
+def test_kernelbench_style_softmax_with_a_prologue(tmp_path):
+    (tmp_path / "scaled_softmax.py").write_text(textwrap.dedent("""
+        import torch
+        import torch.nn as nn
+
+        class Model(nn.Module):
+            def __init__(self, scale):
+                super().__init__()
+                self.scale = scale
+
+            def forward(self, x):
+                return torch.softmax(x * self.scale, dim=1)
+
+        batch_size = 64
+        dim = 300
+
+        def get_inputs():
+            return [torch.rand(batch_size, dim)]
+
+        def get_init_inputs():
+            return [0.5]
+        """))
+    spec = load_spec(tmp_path / "scaled_softmax.py")
+    assert match_family(spec).family == "softmax"
+    assert problems(spec, seeds(spec)[0].code) == []
+
+
+def test_linear_on_a_3d_input(tmp_path):
+    (tmp_path / "proj.py").write_text(textwrap.dedent("""
+        import torch
+        import torch.nn as nn
+
+        class Model(nn.Module):
+            def __init__(self, d_in, d_out):
+                super().__init__()
+                self.proj = nn.Linear(d_in, d_out)
+
+            def forward(self, x):
+                return torch.tanh(self.proj(x))
+
+        batch = 4
+        seq = 24
+        d_in = 40
+        d_out = 36
+
+        def get_inputs():
+            return [torch.rand(batch, seq, d_in)]
+
+        def get_init_inputs():
+            return [d_in, d_out]
+        """))
+    spec = load_spec(tmp_path / "proj.py")
+    assert match_family(spec).family == "matmul"
+    code = seeds(spec)[0].code
+    assert "class ModelNew(nn.Module)" in code and "nn.Linear(d_in, d_out)" in code
+    assert problems(spec, code) == []

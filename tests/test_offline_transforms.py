@@ -1,0 +1,213 @@
+"""Transformations as data: they keep kernels correct, follow the diagnosis, replay exactly,
+and the synthesizer's memory modes, skills and seeding behave as the search relies on."""
+
+import pytest
+
+from conftest import FIXTURES, REPO
+from kevolve.candidate import Origin, Transform
+from kevolve.evaluate.result import Diagnosis
+from kevolve.hardware.calibrate import datasheet_ceilings
+from kevolve.hardware.target import load_target
+from kevolve.knowledge.types import Skill
+from kevolve.specs import load_spec
+from kevolve.synth.base import Attempt, SynthesisError, SynthesisRequest
+from kevolve.synth.offline import OfflineSynthesizer, apply, config_key, render, template_for, transforms_for
+from offline_support import problems
+
+INTERPRETER = load_target("cpu-interpreter")
+H100 = load_target("h100-sxm")
+SPEC_DIR = REPO / "specs"
+
+# Transformed configs per spec: each must stay correct on the interpreter shapes.
+TRANSFORMED = {
+    "softmax": [{"variant": "looped", "BLOCK_N": 64, "online": True}, {"variant": "looped", "BLOCK_N": 32,
+                                                                         "online": False, "BLOCK_M": 4},
+                {"persistent": True, "programs_per_sm": 2, "BLOCK_M": 2}],
+    "softmax_fp32": [{"variant": "looped", "BLOCK_N": 256, "evict": "stream", "persistent": True}],
+    "log_softmax": [{"variant": "looped", "BLOCK_N": 64, "online": False}],
+    "layernorm": [{"variant": "looped", "BLOCK_N": 64, "BLOCK_M": 2}, {"BLOCK_M": 1, "evict": "stream"}],
+    "rmsnorm": [{"variant": "looped", "BLOCK_N": 128, "persistent": True, "programs_per_sm": 1}],
+    "gelu_tanh": [{"BLOCK": 128, "persistent": True, "programs_per_sm": 1}],
+    "swiglu": [{"BLOCK": 512, "evict": "stream"}],
+    "bias_gelu_residual": [{"BLOCK": 128}, {"BLOCK": 4096, "persistent": True, "programs_per_sm": 1}],
+    "clamp_log1p": [{"BLOCK": 64, "num_warps": 2}],
+    "rotary_embedding": [{"BLOCK": 64}, {"BLOCK": 256, "persistent": True, "programs_per_sm": 1}],
+    "matmul_bias_relu": [{"BLOCK_M": 16, "BLOCK_N": 32, "BLOCK_K": 16, "GROUP_M": 1},
+                         {"SPLIT_K": 4, "BLOCK_K": 16}, {"persistent": True, "programs_per_sm": 1, "GROUP_M": 4}],
+    "cross_entropy": [{"BLOCK_N": 32, "BLOCK_M": 4}, {"persistent": True, "programs_per_sm": 1, "BLOCK_M": 2}],
+    "embedding_bag_sum": [{"UNROLL": 1, "vec": 1}, {"BLOCK_D": 16, "UNROLL": 32, "vec": 8}],
+    "jagged_segment_sum": [{"BLOCK_L": 1}, {"BLOCK_D": 32, "BLOCK_L": 64, "vec": 2}],
+    "bucketize": [{"search": "binary", "BLOCK": 128}, {"search": "linear", "BLOCK_K": 8, "BLOCK": 64}],
+}
+
+
+def request(spec, target=INTERPRETER, **kw):
+    return SynthesisRequest(spec=spec, target=target, ceilings=datasheet_ceilings(target), **kw)
+
+
+def seed(spec, target=INTERPRETER):
+    return OfflineSynthesizer().propose(request(spec, target))[0]
+
+
+def attempt(candidate, outcome="correct", time_ms=1.0, diagnosis=None):
+    return Attempt(code=candidate.code, origin=candidate.origin, outcome=outcome, time_ms=time_ms,
+                   diagnosis=diagnosis)
+
+
+@pytest.mark.parametrize("name", sorted(TRANSFORMED))
+def test_transformed_configs_stay_correct(name):
+    spec = load_spec(SPEC_DIR / f"{name}.yaml")
+    base = seed(spec)
+    for change in TRANSFORMED[name]:
+        transforms = [Transform(k, v) for k, v in change.items()]
+        config = apply(base.origin.config, transforms)
+        code = render(spec, base.origin.family, config)
+        assert code != base.code
+        assert problems(spec, code, seeds=(3,)) == [], config
+
+
+def test_ranked_transforms_of_every_seed_stay_correct():
+    """The first moves the synthesizer would make from a seed, with no diagnosis, on a sample."""
+    for name in ("layernorm", "bias_gelu_residual", "matmul_bias_relu"):
+        spec = load_spec(SPEC_DIR / f"{name}.yaml")
+        parent = seed(spec)
+        children = OfflineSynthesizer().propose(request(spec, parent=attempt(parent), n=3))
+        assert len(children) == 3
+        for child in children:
+            assert problems(spec, child.code, shapes=spec.interpreter_dims[:1], seeds=(5,)) == [], child.origin.note
+
+
+def test_render_is_deterministic_and_replays_a_child():
+    spec = load_spec(SPEC_DIR / "softmax.yaml")
+    parent = seed(spec)
+    assert render(spec, "softmax", parent.origin.config) == parent.code
+    child = OfflineSynthesizer().propose(request(spec, parent=attempt(parent)))[0]
+    replayed = render(spec, child.origin.family, apply(parent.origin.config, child.origin.transforms))
+    assert replayed == child.code
+    assert child.origin.config == apply(parent.origin.config, child.origin.transforms)
+    assert '"variant"' in child.code  # the config travels in the module's docstring
+
+
+def test_render_refuses_the_wrong_family_and_missing_knobs():
+    spec = load_spec(SPEC_DIR / "softmax.yaml")
+    with pytest.raises(SynthesisError, match="softmax family, not matmul"):
+        render(spec, "matmul", {})
+    with pytest.raises(SynthesisError, match="lacks the knob"):
+        render(spec, "softmax", {"variant": "looped"})
+
+
+@pytest.mark.parametrize("bound, expect", [
+    ("memory", {"BLOCK_M", "evict", "persistent", "BLOCK_N", "online", "variant", "num_stages"}),
+    ("occupancy", {"num_warps"}),
+    ("launch", {"persistent"}),
+])
+def test_transforms_follow_the_diagnosis_for_softmax(bound, expect):
+    spec = load_spec(SPEC_DIR / "softmax.yaml")
+    config = seed(spec, H100).origin.config
+    first = transforms_for("softmax", config, Diagnosis(bound=bound, summary=""), H100)[0]
+    assert first.name in expect
+    if bound == "occupancy":
+        assert first.value < config["num_warps"]
+    if bound == "launch":
+        assert first.value is True
+
+
+def test_compute_bound_matmul_tries_tiles_stages_grouping_and_split_k_first():
+    spec = load_spec(SPEC_DIR / "matmul_bias_relu.yaml")
+    config = seed(spec, H100).origin.config
+    moves = transforms_for("matmul", config, Diagnosis(bound="compute", summary=""), H100)
+    assert {t.name for t in moves[:6]} <= {"BLOCK_N", "BLOCK_M", "num_stages", "GROUP_M", "BLOCK_K", "SPLIT_K"}
+    assert moves[0] == Transform("BLOCK_N", config["BLOCK_N"] * 2)
+    memory = transforms_for("matmul", config, Diagnosis(bound="occupancy", summary=""), H100)
+    assert memory[0] == Transform("num_warps", config["num_warps"] // 2)
+
+
+def test_suggestions_lead_and_inert_knobs_are_left_alone():
+    spec = load_spec(SPEC_DIR / "softmax.yaml")
+    config = seed(spec, H100).origin.config
+    assert config["variant"] == "whole_row" and not config["persistent"]
+    diag = Diagnosis(bound="memory", summary="", suggestions=("try a persistent grid",))
+    moves = transforms_for("softmax", config, diag, H100)
+    assert moves[0] == Transform("persistent", True)
+    assert not {"BLOCK_N", "online", "programs_per_sm"} & {t.name for t in moves}
+
+
+def test_children_never_repeat_the_parent_or_its_history():
+    spec = load_spec(SPEC_DIR / "gelu_tanh.yaml")
+    syn = OfflineSynthesizer()
+    parent = seed(spec, H100)
+    first = syn.propose(request(spec, H100, parent=attempt(parent), n=4))
+    history = tuple(attempt(c) for c in first)
+    again = syn.propose(request(spec, H100, parent=attempt(parent), history=history, n=4))
+    seen = {config_key(parent.origin.config)} | {config_key(c.origin.config) for c in first}
+    assert all(config_key(c.origin.config) not in seen for c in again)
+    assert all(c.origin.memory_mode == "inherit" and c.origin.transforms for c in again)
+
+
+def test_siblings_mode_moves_toward_the_best_sibling():
+    spec = load_spec(SPEC_DIR / "gelu_tanh.yaml")
+    syn = OfflineSynthesizer()
+    parent = seed(spec, H100)
+    kids = syn.propose(request(spec, H100, parent=attempt(parent), n=3))
+    siblings = (attempt(kids[0], time_ms=2.0), attempt(kids[1], time_ms=0.5), attempt(kids[2], outcome="wrong",
+                                                                                     time_ms=None))
+    best = kids[1].origin.config
+    out = syn.propose(request(spec, H100, parent=attempt(parent), siblings=siblings, memory_mode="siblings", n=2))
+    assert "best sibling" in out[0].origin.note
+    # the sibling changed one knob: adopt it and take one more step
+    adopted, further = out[0].origin.transforms
+    assert best[adopted.name] == adopted.value != parent.origin.config[adopted.name]
+    assert further.name != adopted.name and out[0].origin.config == apply(best, [further])
+    assert all(config_key(c.origin.config) not in {config_key(k.origin.config) for k in kids} for c in out)
+
+
+def test_restart_lands_far_from_the_parent():
+    spec = load_spec(SPEC_DIR / "layernorm.yaml")
+    parent = seed(spec, H100)
+    out = OfflineSynthesizer().propose(request(spec, H100, parent=attempt(parent), memory_mode="restart", n=3))
+    for c in out:
+        changed = [k for k in parent.origin.config if c.origin.config[k] != parent.origin.config[k]]
+        assert len(changed) >= 3 and len(c.origin.transforms) == len(changed)
+        assert c.origin.note.startswith("restart")
+
+
+def test_skills_are_tried_first_when_they_apply():
+    spec = load_spec(SPEC_DIR / "cross_entropy.yaml")
+    parent = seed(spec, H100)
+    skill = Skill(id="ce-wide", operator="cross_entropy", family="cross_entropy", target="h100-sxm",
+                  shape_class="rows=8192 cols=50257", change="wider chunks, more rows",
+                  transforms=(Transform("BLOCK_N", 8192), Transform("BLOCK_M", 2)), motivation="memory-bound",
+                  before_ms=0.6, after_ms=0.3)
+    alien = Skill(id="mm", operator="matmul", family="matmul", target="h100-sxm", shape_class="", change="",
+                  transforms=(Transform("SPLIT_K", 2),), motivation="", before_ms=1, after_ms=0.5)
+    out = OfflineSynthesizer().propose(request(spec, H100, parent=attempt(parent), skills=(alien, skill), n=2))
+    assert out[0].origin.transforms == skill.transforms and "skill ce-wide" in out[0].origin.note
+    assert all(t.name != "SPLIT_K" for c in out for t in c.origin.transforms)
+
+
+def test_randomness_is_seeded():
+    spec = load_spec(SPEC_DIR / "swiglu.yaml")
+    parent = seed(spec, H100)
+    req = request(spec, H100, parent=attempt(parent), memory_mode="restart", n=3)
+    a = [c.origin.config for c in OfflineSynthesizer(rng_seed=1).propose(req)]
+    assert a == [c.origin.config for c in OfflineSynthesizer(rng_seed=1).propose(req)]
+    assert a != [c.origin.config for c in OfflineSynthesizer(rng_seed=2).propose(req)]
+
+
+def test_seeds_are_sized_for_the_target():
+    spec = load_spec(SPEC_DIR / "softmax.yaml")  # rows of 8192 on a GPU, 97-300 under the interpreter
+    gpu = OfflineSynthesizer().propose(request(spec, H100, n=3))
+    cpu = OfflineSynthesizer().propose(request(spec, INTERPRETER, n=3))
+    assert gpu[0].origin.config["BLOCK_N"] == 8192 and gpu[0].origin.config["num_warps"] >= 8
+    assert cpu[0].origin.config["BLOCK_N"] == 128 and cpu[0].origin.config["num_warps"] == 1
+    assert len({config_key(c.origin.config) for c in gpu}) == 3
+    mi300 = OfflineSynthesizer().propose(request(spec, load_target("mi300x")))[0]
+    assert mi300.origin.config["num_warps"] < gpu[0].origin.config["num_warps"]  # 64-lane wavefronts
+
+
+def test_a_parent_from_elsewhere_restarts_from_seeds():
+    spec = load_spec(FIXTURES / "kernelbench" / "relu_problem.py")
+    llm = Attempt(code="...", origin=Origin(synthesizer="llm", model="m"), outcome="correct", time_ms=1.0)
+    out = OfflineSynthesizer().propose(request(spec, parent=llm))
+    assert out and "restart from a pointwise seed" in out[0].origin.note
+    assert template_for(out[0].origin.family).families[0] == "pointwise"
