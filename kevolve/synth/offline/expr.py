@@ -153,8 +153,10 @@ INT_OPS = {"add", "sub", "mul", "neg", "abs", "maximum", "minimum", "where", "cl
 HELPERS = {
     "_tanh": '''@triton.jit
 def _tanh(x):
-    # 1 - 2 / (e^2x + 1): saturates to +-1 without overflow
-    return 1.0 - 2.0 / (tl.exp(2.0 * x) + 1.0)
+    # from e^(-2|x|), which never overflows; saturates to +-1
+    t = tl.exp(-2.0 * tl.abs(x))
+    y = (1.0 - t) / (1.0 + t)
+    return tl.where(x < 0, -y, y)
 ''',
     "_log1p": '''@triton.jit
 def _log1p(x):

@@ -44,7 +44,7 @@ class Knob:
 BLOCK = Knob("BLOCK", pow2(64, 16384), "elements one program handles per tile")
 BLOCK_M = Knob("BLOCK_M", pow2(1, 256), "rows one program handles per tile")
 BLOCK_N = Knob("BLOCK_N", pow2(16, 65536), "columns per tile (the row chunk in a looped variant)")
-NUM_WARPS = Knob("num_warps", (1, 2, 4, 8, 16, 32), "warps per program")
+NUM_WARPS = Knob("num_warps", (1, 2, 4, 8, 16), "warps per program")
 NUM_STAGES = Knob("num_stages", (1, 2, 3, 4, 5), "software-pipelining depth of loops")
 PERSISTENT = Knob("persistent", (False, True), "launch programs_per_sm x SMs programs that loop over tiles")
 PROGRAMS_PER_SM = Knob("programs_per_sm", (1, 2, 4, 8, 16), "resident programs per SM when persistent")

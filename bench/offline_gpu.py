@@ -1,0 +1,308 @@
+#!/usr/bin/env python3
+"""The offline synthesizer on a GPU: for each example spec, its seeds and the children that its
+diagnosis-driven transformations propose, each checked against the float64 reference on the
+tuned shape and timed beside eager PyTorch and torch.compile (default, max-autotune-no-cudagraphs).
+
+    python3 bench/offline_gpu.py [--specs softmax,layernorm] [--part 1/2] [--budget-s 20]
+
+Needs torch, triton, numpy and pyyaml (not prefect or chromadb) and no harness: correctness is
+checked here with the spec's runtime and compare(). Timing: triton.testing.do_bench medians
+(L2 flushed before every repeat), the same inputs and method for every contender. Ceilings (copy
+bandwidth, bf16 matmul rate) are measured in the same run. Writes offline_gpu[-PART].json and
+.md under $OUT (default bench/results). `--interpreter` runs the same pipeline on the CPU under
+TRITON_INTERPRET=1 at the interpreter shapes, to check the script; its times are not speeds.
+`--merge A.json B.json` joins part files into one table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+import traceback
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+MEMORY_FAMILIES = {"pointwise", "rotary", "softmax", "normalization", "reduction", "cross_entropy",
+                   "embedding_bag", "segment_sum", "bucketize"}
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--specs", default="", help="comma-separated spec names (default: every spec in specs/)")
+    p.add_argument("--part", default="1/1", help="K/N: run the K-th of N equal slices of the spec list")
+    p.add_argument("--budget-s", type=float, default=15.0, help="search seconds per spec (compiles included)")
+    p.add_argument("--max-evals", type=int, default=32, help="candidates per spec at most")
+    p.add_argument("--no-max-autotune", action="store_true", help="skip the slowest baseline")
+    p.add_argument("--interpreter", action="store_true", help="check the pipeline on the CPU (no figures)")
+    p.add_argument("--out", default=os.environ.get("OUT") or str(REPO / "bench" / "results"))
+    p.add_argument("--merge", nargs="*", help="part JSON files to join into one table (no GPU needed)")
+    args = p.parse_args()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    if args.merge:
+        runs = [json.loads(Path(f).read_text()) for f in args.merge]
+        merged = dict(runs[0], specs=[s for r in runs for s in r["specs"]], part="merged")
+        return write(out, "offline_gpu", merged)
+    if args.interpreter:
+        os.environ["TRITON_INTERPRET"] = "1"
+    import torch
+
+    from kevolve.specs import discover, load_spec
+
+    names = [n for n in args.specs.split(",") if n]
+    paths = [REPO / "specs" / f"{n}.yaml" for n in names] if names else discover([REPO / "specs"])
+    k, n = (int(x) for x in args.part.split("/"))
+    paths = paths[k - 1::n]
+    device = "cpu" if args.interpreter else "cuda"
+    if device == "cuda" and not torch.cuda.is_available():
+        print("no CUDA device: run on the GPU machine, or pass --interpreter to check the script", file=sys.stderr)
+        return 2
+    ceilings = measure_ceilings(device)
+    run = {"device": torch.cuda.get_device_name() if device == "cuda" else "cpu (interpreter)",
+           "software": {"torch": torch.__version__, "triton": __import__("triton").__version__},
+           "ceilings": ceilings, "part": args.part, "budget_s": args.budget_s, "interpreter": args.interpreter,
+           "specs": []}
+    for path in paths:
+        spec = load_spec(path)
+        print(f"== {spec.name}", flush=True)
+        try:
+            result = bench_spec(spec, device, ceilings, args)
+        except Exception as exc:  # one spec failing must not lose the others' figures
+            traceback.print_exc()
+            result = {"spec": spec.name, "error": f"{type(exc).__name__}: {exc}"}
+        run["specs"].append(result)
+        print(json.dumps({k: v for k, v in result.items() if k not in ("failures", "trail")}), flush=True)
+        write(out, f"offline_gpu{'' if n == 1 else f'-{k}of{n}'}", run)
+    return 0
+
+
+def timer(device: str):
+    if device == "cuda":
+        import triton.testing
+
+        return lambda fn: triton.testing.do_bench(fn, warmup=25, rep=100, return_mode="median")
+
+    def wall(fn):  # the interpreter: the pipeline runs, the figure means nothing
+        fn()
+        times = []
+        for _ in range(3):
+            t = time.perf_counter()
+            fn()
+            times.append((time.perf_counter() - t) * 1e3)
+        return statistics.median(times)
+
+    return wall
+
+
+def measure_ceilings(device: str) -> dict:
+    import torch
+
+    bench = timer(device)
+    n = 1 << 28 if device == "cuda" else 1 << 20
+    x = torch.randn(n, device=device)
+    y = torch.empty_like(x)
+    copy_gbps = 2 * x.numel() * 4 / (bench(lambda: y.copy_(x)) / 1e3) / 1e9
+    del x, y
+    m = 8192 if device == "cuda" else 256
+    a = torch.randn(m, m, device=device, dtype=torch.bfloat16)
+    b = torch.randn(m, m, device=device, dtype=torch.bfloat16)
+    tflops = 2 * m ** 3 / (bench(lambda: a @ b) / 1e3) / 1e12
+    return {"copy_gbps": float(f"{copy_gbps:.4g}"), "bf16_matmul_tflops": float(f"{tflops:.4g}")}
+
+
+def floor_of(spec, family: str, dims, xs, out, ceilings) -> tuple[float, float, float]:
+    """(minimal bytes, FLOPs, floor ms): every input read once and the output written once; an
+    embedding bag reads only the rows it gathers."""
+    sizes = [t.numel() * t.element_size() for t in xs]
+    if family == "embedding_bag":
+        table, indices = xs[0], xs[1]
+        sizes[0] = min(sizes[0], indices.numel() * table.shape[1] * table.element_size())
+    nbytes = float(sum(sizes) + out.numel() * out.element_size())
+    flops = 0.0
+    if family == "matmul":
+        m, k = xs[0].shape[-2], xs[0].shape[-1]
+        flops = 2.0 * m * k * out.shape[-1]
+    floor_s = max(nbytes / (ceilings["copy_gbps"] * 1e9), flops / (ceilings["bf16_matmul_tflops"] * 1e12))
+    return nbytes, flops, floor_s * 1e3
+
+
+def load_candidate(code: str, folder: Path, index: int):
+    path = folder / f"candidate_{index}.py"  # triton reads kernels' source from a real file
+    path.write_text(code)
+    spec = importlib.util.spec_from_file_location(f"offline_candidate_{index}_{time.monotonic_ns()}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def bench_spec(spec, device: str, ceilings: dict, args) -> dict:
+    import torch
+
+    from kevolve.candidate import Candidate
+    from kevolve.evaluate.result import Diagnosis
+    from kevolve.hardware.calibrate import Ceilings
+    from kevolve.hardware.detect import detect_target
+    from kevolve.hardware.target import load_target
+    from kevolve.specs.compare import compare
+    from kevolve.specs.model import Tolerance
+    from kevolve.specs.runtime import OperatorRuntime, as_outputs, clone_all
+    from kevolve.synth.base import Attempt, SynthesisRequest
+    from kevolve.synth.offline import OfflineSynthesizer, match_family
+
+    target = load_target("cpu-interpreter") if args.interpreter else detect_target()
+    dims = spec.shapes_for(target.interpreter)[0]
+    family = match_family(spec).family
+    runtime = OperatorRuntime(spec)
+    xs = runtime.inputs(dims, seed=0, device=device)
+    ref = runtime.reference(dims, device)
+    expected = as_outputs(ref(*clone_all(xs)))[0]
+    exact = as_outputs(runtime.reference(dims, device, float64=True)(*clone_all(xs)))[0]
+    tol = spec.tolerance or Tolerance.for_dtype(str(expected.dtype).removeprefix("torch."))
+    nbytes, flops, floor_ms = floor_of(spec, family, dims, xs, expected, ceilings)
+    bench = timer(device)
+    result = {"spec": spec.name, "family": family, "dims": dict(dims), "min_bytes": nbytes, "flops": flops,
+              "floor_ms": floor_ms, "baselines_ms": {}, "baseline_errors": {}}
+    result["baselines_ms"]["eager"] = bench(lambda: ref(*xs))
+    modes = [("compile_default", {})]
+    if not args.no_max_autotune and not args.interpreter:
+        modes.append(("compile_max_autotune", {"mode": "max-autotune-no-cudagraphs"}))
+    for name, kw in modes if not args.interpreter else []:
+        try:
+            torch._dynamo.reset()
+            t0 = time.perf_counter()
+            compiled = torch.compile(lambda *a: ref(*a), dynamic=False, **kw)
+            compiled(*xs)
+            result["baselines_ms"][name] = bench(lambda: compiled(*xs))
+            result[f"{name}_compile_s"] = round(time.perf_counter() - t0, 1)
+        except Exception as exc:
+            result["baseline_errors"][name] = f"{type(exc).__name__}: {str(exc)[:200]}"
+
+    synth = OfflineSynthesizer(rng_seed=0)
+    ceil = Ceilings(copy_gbps=ceilings["copy_gbps"], matmul_tflops={"bf16": ceilings["bf16_matmul_tflops"]},
+                    source="measured")
+    bound = "compute" if family == "matmul" else "memory"
+    evaluated: list[dict] = []
+    attempts: dict[str, Attempt] = {}
+    failures: list[str] = []
+    start = time.perf_counter()
+    folder = Path(tempfile.mkdtemp(prefix=f"offline-{spec.name}-"))
+
+    def evaluate(c: Candidate) -> Attempt:
+        t0 = time.perf_counter()
+        entry = {"config": dict(c.origin.config), "transforms": [str(t) for t in c.origin.transforms],
+                 "note": c.origin.note}
+        time_ms, outcome, error = None, "wrong", ""
+        try:
+            fn = runtime.candidate(load_candidate(c.code, folder, len(evaluated)), dims, device)
+            got = as_outputs(fn(*clone_all(xs)))[0]
+            cmp = compare(got, exact, tol) if got.dtype == expected.dtype else None
+            if cmp is not None and cmp.ok:
+                time_ms, outcome = bench(lambda: fn(*xs)), "correct"
+            else:
+                error = cmp.reason if cmp is not None else f"dtype {got.dtype}, expected {expected.dtype}"
+        except Exception as exc:
+            outcome, error = "crashed", f"{type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}"
+        entry.update(outcome=outcome, time_ms=time_ms, error=error, wall_s=round(time.perf_counter() - t0, 2))
+        evaluated.append(entry)
+        if error:
+            failures.append(f"{entry['transforms'] or 'seed'}: {error}")
+        fraction = floor_ms / time_ms if time_ms else None
+        diag = Diagnosis(bound=bound, summary="", floor_ms=floor_ms, fraction_of_floor=fraction)
+        a = Attempt(code=c.code, origin=c.origin, outcome=outcome, time_ms=time_ms, error=error, diagnosis=diag)
+        attempts[json.dumps(c.origin.config, sort_keys=True)] = a
+        return a
+
+    def request(**kw) -> SynthesisRequest:
+        return SynthesisRequest(spec=spec, target=target, ceilings=ceil, **kw)
+
+    for c in synth.propose(request(n=4)):
+        evaluate(c)
+    expanded: set[str] = set()
+    stale = 0
+    while time.perf_counter() - start < args.budget_s and len(evaluated) < args.max_evals:
+        ranked = sorted((a for a in attempts.values() if a.time_ms), key=lambda a: a.time_ms)
+        frontier = [a for a in ranked if json.dumps(a.origin.config, sort_keys=True) not in expanded][:2]
+        if not frontier:
+            break
+        best_before = ranked[0].time_ms
+        parent = frontier[0]
+        expanded.add(json.dumps(parent.origin.config, sort_keys=True))
+        mode = "restart" if stale >= 2 else "inherit"
+        try:
+            children = synth.propose(request(parent=parent, memory_mode=mode, n=4, history=tuple(attempts.values())))
+        except Exception as exc:  # every move tried: the next parent
+            failures.append(f"propose: {exc}")
+            continue
+        for c in children:
+            if time.perf_counter() - start > args.budget_s or len(evaluated) >= args.max_evals:
+                break
+            evaluate(c)
+        best_now = min(a.time_ms for a in attempts.values() if a.time_ms)
+        stale = 0 if best_now < best_before * 0.99 else stale + 1
+
+    correct = [e for e in evaluated if e["outcome"] == "correct"]
+    best = min(correct, key=lambda e: e["time_ms"]) if correct else None
+    base = result["baselines_ms"]
+    result.update(
+        evaluations=len(evaluated), correct=len(correct), gpu_s=round(time.perf_counter() - start, 1),
+        best_ms=best["time_ms"] if best else None, best_config=best["config"] if best else None,
+        best_transforms=best["transforms"] if best else None,
+        fraction_of_floor=floor_ms / best["time_ms"] if best else None,
+        achieved_gbps=nbytes / (best["time_ms"] / 1e3) / 1e9 if best else None,
+        fraction_of_copy=(nbytes / (best["time_ms"] / 1e3) / 1e9) / ceilings["copy_gbps"] if best else None,
+        speedup={k: v / best["time_ms"] for k, v in base.items()} if best else {},
+        memory_bound=family in MEMORY_FAMILIES, failures=failures[:8],
+        trail=[{k: e[k] for k in ("transforms", "outcome", "time_ms", "note")} for e in evaluated],
+    )
+    return result
+
+
+def write(out: Path, stem: str, run: dict) -> int:
+    (out / f"{stem}.json").write_text(json.dumps(run, indent=2, default=str))
+    c = run["ceilings"]
+    lines = [f"# Offline search on {run['device']}", "",
+             f"torch {run['software']['torch']}, triton {run['software']['triton']}; measured in the same run: "
+             f"copy {c['copy_gbps']} GB/s, bf16 matmul {c['bf16_matmul_tflops']} TFLOP/s. Medians of do_bench "
+             "(L2 flushed each repeat). Floor = max(min bytes / copy, FLOPs / matmul); % floor = floor / best. "
+             f"Search budget {run['budget_s']} s per spec.", "",
+             "| spec | family | eager ms | compile ms | max-autotune ms | best ms | vs max-autotune | % floor | "
+             "% copy BW | evals (correct) | GPU s | best config |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+
+    def ms(v):
+        return f"{v:.4f}" if isinstance(v, (int, float)) else "-"
+
+    for s in run["specs"]:
+        if "error" in s:
+            lines.append(f"| {s['spec']} | error: {s['error'][:80]} |" + " |" * 10)
+            continue
+        b = s["baselines_ms"]
+        best = s.get("best_ms")
+        vs = b.get("compile_max_autotune") or b.get("compile_default")
+        cfg = ", ".join(f"{k}={v}" for k, v in (s.get("best_config") or {}).items() if k != "sm_count")
+        vs_best = f"{vs / best:.2f}x" if best and vs else "-"
+        floor = f"{100 * s['fraction_of_floor']:.0f}%" if best else "-"
+        copy = f"{100 * s['fraction_of_copy']:.0f}%" if best and s["memory_bound"] else "-"
+        lines.append(
+            f"| {s['spec']} | {s['family']} | {ms(b.get('eager'))} | {ms(b.get('compile_default'))} | "
+            f"{ms(b.get('compile_max_autotune'))} | {ms(best)} | {vs_best} | {floor} | {copy} | "
+            f"{s['evaluations']} ({s['correct']}) | {s['gpu_s']} | {cfg} |")
+    failing = [s for s in run["specs"] if s.get("failures")]
+    if failing:
+        lines += ["", "## Candidates that failed (first few per spec)", ""]
+        for s in failing:
+            lines += [f"- {s['spec']}: " + "; ".join(f[:160] for f in s["failures"][:4])]
+    (out / f"{stem}.md").write_text("\n".join(lines) + "\n")
+    print(f"wrote {out / stem}.json and .md")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,81 @@
+"""A real offline search on the CPU, end to end: seeds, children by inherit / siblings / restart,
+and every kernel it keeps is correct on every interpreter shape. And the GPU benchmark script's
+pipeline, run under the interpreter so that it cannot rot before it reaches a GPU."""
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import REPO
+from kevolve.hardware.calibrate import datasheet_ceilings
+from kevolve.hardware.target import load_target
+from kevolve.specs import load_spec
+from kevolve.synth.base import Attempt, SynthesisRequest
+from kevolve.synth.offline import OfflineSynthesizer, apply, config_key, render
+from offline_support import problems
+
+INTERPRETER = load_target("cpu-interpreter")
+
+
+def evaluate(spec, candidate) -> Attempt:
+    """What the harness would say, from the interpreter: correct or wrong, and the wall time."""
+    start = time.perf_counter()
+    found = problems(spec, candidate.code, seeds=(7,))
+    elapsed = (time.perf_counter() - start) * 1e3
+    return Attempt(code=candidate.code, origin=candidate.origin, outcome="wrong" if found else "correct",
+                   time_ms=None if found else elapsed, error="; ".join(found))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["softmax", "bias_gelu_residual", "jagged_segment_sum"])
+def test_offline_search_runs_end_to_end(name):
+    spec = load_spec(REPO / "specs" / f"{name}.yaml")
+    synth = OfflineSynthesizer(rng_seed=11)
+
+    def request(**kw):
+        return SynthesisRequest(spec=spec, target=INTERPRETER, ceilings=datasheet_ceilings(INTERPRETER), **kw)
+
+    kept: list[Attempt] = []
+    seen: set[str] = set()
+    for seed in synth.propose(request(n=2)):
+        kept.append(evaluate(spec, seed))
+        seen.add(config_key(seed.origin.config))
+    parent, path = kept[0], [kept[0]]
+    for mode in ("inherit", "siblings", "restart"):
+        siblings = tuple(a for a in kept if a is not parent)
+        children = synth.propose(request(parent=parent, memory_mode=mode, n=2, history=tuple(path),
+                                         siblings=siblings))
+        assert children
+        for child in children:
+            key = config_key(child.origin.config)
+            assert key != config_key(parent.origin.config) and child.origin.transforms
+            assert child.origin.memory_mode == mode
+            # the child replays from the parent's config and its transforms alone
+            assert render(spec, child.origin.family, apply(parent.origin.config, child.origin.transforms)) == child.code
+            seen.add(key)
+            kept.append(evaluate(spec, child))
+        parent = min((a for a in kept if a.time_ms is not None), key=lambda a: a.time_ms)
+        path.append(parent)
+    assert len(seen) >= 7
+    wrong = [(a.origin.note, a.error) for a in kept if a.outcome != "correct"]
+    assert wrong == []
+
+
+@pytest.mark.slow
+def test_gpu_benchmark_pipeline_runs_under_the_interpreter(tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(REPO), "TRITON_INTERPRET": "1"}
+    run = subprocess.run([sys.executable, str(REPO / "bench" / "offline_gpu.py"), "--interpreter",
+                          "--specs", "rmsnorm,bucketize", "--budget-s", "3", "--max-evals", "6",
+                          "--out", str(tmp_path)], capture_output=True, text=True, env=env, timeout=600)
+    assert run.returncode == 0, run.stderr[-2000:]
+    result = json.loads((tmp_path / "offline_gpu.json").read_text())
+    assert [s["spec"] for s in result["specs"]] == ["rmsnorm", "bucketize"]
+    for s in result["specs"]:
+        assert "error" not in s, s.get("error")
+        assert s["correct"] == s["evaluations"] >= 4 and s["best_config"] and s["floor_ms"] > 0
+    table = (tmp_path / "offline_gpu.md").read_text()
+    assert "| rmsnorm | normalization |" in table and "| bucketize | bucketize |" in table
