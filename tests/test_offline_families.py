@@ -178,3 +178,45 @@ def test_linear_on_a_3d_input(tmp_path):
     code = seeds(spec)[0].code
     assert "class ModelNew(nn.Module)" in code and "nn.Linear(d_in, d_out)" in code
     assert problems(spec, code) == []
+
+
+# KernelBench-style problems (level 1 shapes, scaled down): family and a correct seed.
+KERNELBENCH = {
+    "sum_keepdim": ("x", "return torch.sum(x, dim=1, keepdim=True)", "[torch.rand(B, D1, D2)]",
+                    "B = 4\nD1 = 33\nD2 = 20", "reduction"),
+    "max_over_dim": ("x", "return torch.max(x, dim=1)[0]", "[torch.rand(B, D1, D2)]",
+                     "B = 4\nD1 = 33\nD2 = 20", "reduction"),
+    "softmax_dim0": ("x", "return torch.softmax(x, dim=0)", "[torch.rand(B, D1)]", "B = 37\nD1 = 24", "softmax"),
+    "layernorm_3d": ("x", "return torch.nn.functional.layer_norm(x, x.shape[1:])", "[torch.randn(B, F, D1, D2)]",
+                     "B = 3\nF = 4\nD1 = 8\nD2 = 10", "normalization"),
+    "activations": ("x", "return torch.nn.functional.softplus(torch.selu(x)) + torch.nn.functional.softsign(x) "
+                         "+ torch.nn.functional.hardtanh(torch.nn.functional.elu(x, alpha=0.7), -0.5, 0.5)",
+                    "[torch.randn(B, D1)]", "B = 20\nD1 = 300", "pointwise"),
+    "matmul_a_transposed": ("a, b", "return torch.matmul(a.T, b)", "[torch.rand(K, M), torch.rand(K, N)]",
+                            "M = 40\nK = 24\nN = 36", "matmul"),
+    "batched_matmul": ("a, b", "return torch.bmm(a, b)", "[torch.rand(B, M, K), torch.rand(B, K, N)]",
+                       "B = 3\nM = 20\nK = 24\nN = 36", "matmul"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(KERNELBENCH))
+def test_kernelbench_style_problems(tmp_path, name):
+    args, body, inputs, sizes, family = KERNELBENCH[name]
+    (tmp_path / f"{name}.py").write_text(
+        "import torch\nimport torch.nn as nn\n\n\nclass Model(nn.Module):\n    def __init__(self):\n"
+        f"        super().__init__()\n\n    def forward(self, {args}):\n        {body}\n\n\n{sizes}\n\n\n"
+        f"def get_inputs():\n    return {inputs}\n\n\ndef get_init_inputs():\n    return []\n")
+    spec = load_spec(tmp_path / f"{name}.py")
+    assert match_family(spec).family == family
+    for candidate in seeds(spec, n=2):
+        assert problems(spec, candidate.code, seeds=(1,)) == [], candidate.origin.config
+
+
+def test_an_argmax_needs_an_llm(tmp_path):
+    spec = write_spec(tmp_path, "argmax_rows", """
+        import torch
+        def argmax_rows(x):
+            return torch.max(x, dim=1)[1]
+        """, ["{name: x, shape: [M, N], dtype: fp32, dist: {kind: normal}}"], ["{M: 3, N: 50}"])
+    with pytest.raises(SynthesisError, match="argmax.*needs an LLM"):
+        match_family(spec)

@@ -79,3 +79,21 @@ def test_gpu_benchmark_pipeline_runs_under_the_interpreter(tmp_path):
         assert s["correct"] == s["evaluations"] >= 4 and s["best_config"] and s["floor_ms"] > 0
     table = (tmp_path / "offline_gpu.md").read_text()
     assert "| rmsnorm | normalization |" in table and "| bucketize | bucketize |" in table
+
+
+def test_cli_shows_family_seeds_and_code(tmp_path):
+    from conftest import run_cli
+
+    out = run_cli("offline", "softmax", "--target", "h100-sxm", "-n", "3")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("softmax: softmax family on h100-sxm")
+    assert out.stdout.count("  seed ") == 3 and '"BLOCK_N": 8192' in out.stdout
+    code = run_cli("offline", "rmsnorm", "--code")
+    assert code.returncode == 0 and "def rmsnorm(x, weight, eps=1e-06):" in code.stdout
+    (tmp_path / "ref.py").write_text("import torch\n\ndef running(x):\n    return torch.cumsum(x, -1)\n")
+    (tmp_path / "running.yaml").write_text(
+        "name: running\nreference: ref.py:running\nshapes:\n  tune: {N: 64}\n  interpreter: [{N: 64}]\n"
+        "inputs:\n  - {name: x, shape: [N], dtype: fp32}\n")
+    bad = run_cli("offline", str(tmp_path / "running.yaml"))
+    assert bad.returncode == 1 and "Traceback" not in bad.stderr
+    assert bad.stderr.startswith("kevolve: error: running: no offline template") and "needs an LLM" in bad.stderr

@@ -263,17 +263,18 @@ class Emitter:
             return Val(literal(value), kind_of(node.dtype))
         op = base_op(node.op)
         kind = kind_of(node.dtype)
-        args = [self.arg(a, node, emb) for a in node.args]
-        if op == "clamp":
-            x = args[0]
-            lo = node.args[1] if len(node.args) > 1 else node.kwargs.get("min")
-            hi = node.args[2] if len(node.args) > 2 else node.kwargs.get("max")
+        if op == "clamp":  # clamp(x, min=None, max=None)
+            bounds = list(node.args[1:3]) + [None] * (3 - len(node.args))
+            bounds = [bounds[0] if bounds[0] is not None else node.kwargs.get("min"),
+                      bounds[1] if bounds[1] is not None else node.kwargs.get("max")]
+            x = self.arg(node.args[0], node, emb)
             expr = _f(x) if kind == "f" else x.expr
-            if lo is not None:
-                expr = f"tl.maximum({expr}, {_f(args[1]) if kind == 'f' else args[1].expr})"
-            if hi is not None:
-                expr = f"tl.minimum({expr}, {_f(args[2]) if kind == 'f' else args[2].expr})"
+            for fn, bound in zip(("tl.maximum", "tl.minimum"), bounds):
+                if bound is not None:
+                    b = self.arg(bound, node, emb)
+                    expr = f"{fn}({expr}, {_f(b) if kind == 'f' else b.expr})"
             return self.emit(expr, kind)
+        args = [self.arg(a, node, emb) for a in node.args]
         if op == "pow":
             base, expo = node.args[0], node.args[1]
             if isinstance(expo, (int, float)) and not isinstance(base, (int, float)):

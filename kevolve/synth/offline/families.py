@@ -69,7 +69,7 @@ def match_family(spec: OperatorSpec) -> FamilyMatch:
     why = f" ({'; '.join(problems)})" if problems else ""
     raise SynthesisError(
         f"{spec.name}: no offline template covers this operator (it computes {graph.describe()}){why}; "
-        "it needs an LLM synthesizer (start one with --llm-url, or drop --offline)")
+        "it needs an LLM synthesizer (run against a model endpoint, without --offline)")
 
 
 def render(spec: OperatorSpec, family: str, config: Mapping[str, Any]) -> str:

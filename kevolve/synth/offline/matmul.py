@@ -221,6 +221,9 @@ class MatmulTemplate(Template):
                      "        tl.store(ws, acc, mask=mask)"]
         else:
             body += ["        " + l for l in epilogue + [store]]
+        if not config["persistent"]:  # one tile per program: no tile loop around the k loop
+            head = body.index("    for tile in tl.range(pid, per_batch * BATCH, NPROG):")
+            body = body[:head] + ["    tile = pid"] + [l[4:] for l in body[head + 1:]]
         kernels = [helpers_source(em.lines),
                    "@triton.jit\ndef _matmul_kernel(" + ", ".join(main_params + consts) + "):\n" + "\n".join(body)]
         if split:
@@ -273,6 +276,9 @@ class MatmulTemplate(Template):
             "        rk = pid_k * BLOCK_K + tl.arange(0, BLOCK_K)",
             "        ram = rm % M",
             "        rbn = rn % N",
+            "        if IDX64:",
+            "            ram = ram.to(tl.int64)",
+            "            rbn = rbn.to(tl.int64)",
             "        a_base = a_ptr + batch.to(tl.int64) * sa_b",
             "        b_base = b_ptr + batch.to(tl.int64) * sb_b",
             "        a_ptrs = a_base + ram[:, None] * sa_m + rk[None, :] * sa_k",
@@ -329,8 +335,9 @@ class MatmulTemplate(Template):
         nprog = config["sm_count"] * config["programs_per_sm"]
         lines.append(f"_grid = min(_tiles, {nprog})" if config["persistent"] else "_grid = _tiles")
         lines.append(f"_even_k = _k % ({bk} * {split}) == 0")
-        # Triton's interpreter (CPU) multiplies 16-bit float tiles as raw integers: widen them there.
-        lines.append('_upcast = type(_matmul_kernel).__name__ == "InterpretedFunction"')
+        # Tensors on the CPU run under Triton's interpreter, which multiplies 16-bit float tiles as
+        # raw integers: widen them there.
+        lines.append('_upcast = _a.device.type == "cpu"  # the interpreter multiplies 16-bit tiles as integers')
         leaf_args = [entry.var(l.node) for l in d.leaves]
         stride_args = [f"*_st[{i}]" for i in range(len(generic))]
         sizes = [entry.size(n) for n in scalars]

@@ -35,9 +35,6 @@ class Entry:
         """A size node as a Python expression in the wrapper."""
         return size_expr(self.graph, node_name, self.var)
 
-    def first_tensor_var(self) -> str:
-        return self.var(self.graph.inputs[0].node)
-
 
 def torch_dtype(name: str) -> str:
     return f"torch.{name}"

@@ -18,7 +18,7 @@ from kevolve.synth.offline.expr import (CAST_OPS, FLOAT_OPS, BOOL_OPS, INT_OPS, 
                                         Emitter, Unsupported, Val, base_op, helpers_source, kind_of)
 from kevolve.synth.offline.module import Entry, launch, module_source, torch_dtype
 from kevolve.synth.offline.template import (BLOCK, EVICT, NUM_STAGES, NUM_WARPS, PERSISTENT, PROGRAMS_PER_SM,
-                                            Config, Match, Template, next_pow2, sizes_at, tuned_dims, warps_for)
+                                            Config, Match, Template, warps_for)
 from kevolve.synth.offline.trace import Graph, Node, Ref
 
 ELEMENTWISE = (set(FLOAT_OPS) | set(BOOL_OPS) | set(LOGIC_OPS) | INT_OPS
@@ -37,6 +37,10 @@ class Leaf:
     dense: bool
     kind: str  # f, i, b
     rotate: bool = False  # read at the rotate-half partner column
+
+    def row_free(self, rank: int) -> bool:
+        """Indexed by the column alone (a bias over the last dim, or a scalar)."""
+        return all(f is None or f == rank - 1 for f in self.emb)
 
 
 def _norm(d: int, rank: int) -> int:
@@ -172,6 +176,9 @@ class PointwiseTemplate(Template):
                 ptr, policy = f"{tag}_ptr + offs", "evict_first" if stream else ""
             elif leaf.dense:
                 ptr, policy = f"{tag}_ptr + rows[:, None] * C + rot_cols[None, :]", ""
+            elif leaf.row_free(rank):  # a bias: only the column moves it
+                ptr = f"{tag}_ptr + {cols}[None, :] * {tag}_sc"
+                policy = "evict_last" if stream else ""
             else:
                 ptr = f"{tag}_ptr + {fr.leaf_row_offset(tag)}[:, None] + {cols}[None, :] * {tag}_sc"
                 policy = "evict_last" if stream else ""
@@ -190,7 +197,8 @@ class PointwiseTemplate(Template):
         result = em.gen(d.output, fr.identity(rank))
         generic = [l for l in d.leaves if not l.dense]
         rotary = any(l.rotate for l in d.leaves)
-        body = self._kernel_body(flat, bool(generic), config["persistent"], rotary)
+        by_rows = any(not l.row_free(rank) for l in generic)
+        body = self._kernel_body(flat, by_rows, config["persistent"], rotary)
         store_val = result.expr if result.kind != "b" else f"{result.expr}.to(tl.int8)"
         store = f"tl.store(out_ptr + offs, {store_val}.to(out_ptr.dtype.element_ty), mask=mask)"
         ind = "        " if config["persistent"] else "    "

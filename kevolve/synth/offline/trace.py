@@ -81,14 +81,6 @@ class Graph:
     def node(self, name: str) -> Node:
         return self.by_name[name]
 
-    @functools.cached_property
-    def users(self) -> dict[str, list[str]]:
-        out: dict[str, list[str]] = {n.name: [] for n in self.nodes}
-        for n in self.nodes:
-            for r in n.refs:
-                out[r].append(n.name)
-        return out
-
     def input_named(self, node_name: str) -> GraphInput | None:
         return next((i for i in self.inputs if i.node == node_name), None)
 
@@ -225,21 +217,17 @@ def _op_name(target: Any) -> str:
     return name  # sym_float, sym_int, ...
 
 
-def _size_text(s: Any) -> str:
-    return str(s)
-
-
 def _size_hint(s: Any) -> int:
     if isinstance(s, torch.SymInt):
         return int(s.node.hint) if s.node.hint is not None else -1
     return int(s)
 
 
-def _convert(value: Any, env: dict) -> Any:
+def _convert(value: Any) -> Any:
     if isinstance(value, torch.fx.Node):
         return Ref(value.name)
     if isinstance(value, (list, tuple)):
-        return tuple(_convert(v, env) for v in value)
+        return tuple(_convert(v) for v in value)
     if isinstance(value, torch.dtype):
         return str(value).removeprefix("torch.")
     if isinstance(value, (torch.device, torch.layout, torch.memory_format)):
@@ -274,7 +262,7 @@ def _to_graph(gm: torch.fx.GraphModule, inputs: list[tuple[str, str]], symbolic:
         val = n.meta.get("val")
         shape = hint = dtype = scalar = None
         if isinstance(val, torch.Tensor):
-            shape = tuple(_size_text(s) for s in val.shape)
+            shape = tuple(str(s) for s in val.shape)
             hint = tuple(_size_hint(s) for s in val.shape)
             dtype = str(val.dtype).removeprefix("torch.")
         elif isinstance(val, (torch.SymInt, torch.SymFloat)):
@@ -286,8 +274,8 @@ def _to_graph(gm: torch.fx.GraphModule, inputs: list[tuple[str, str]], symbolic:
             continue
         if n.op != "call_function":
             raise SynthesisError(f"the traced reference has a {n.op} node ({n.target}) the templates cannot read")
-        args = tuple(_convert(a, {}) for a in n.args)
-        kwargs = {k: _convert(v, {}) for k, v in n.kwargs.items()}
+        args = tuple(_convert(a) for a in n.args)
+        kwargs = {k: _convert(v) for k, v in n.kwargs.items()}
         nodes.append(Node(n.name, _op_name(n.target), args, kwargs, shape, hint, dtype, scalar))
     return Graph(nodes=tuple(nodes), inputs=tuple(graph_inputs), outputs=tuple(o.name for o in out_nodes),
                  symbolic=symbolic)
