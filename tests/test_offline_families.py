@@ -220,3 +220,13 @@ def test_an_argmax_needs_an_llm(tmp_path):
         """, ["{name: x, shape: [M, N], dtype: fp32, dist: {kind: normal}}"], ["{M: 3, N: 50}"])
     with pytest.raises(SynthesisError, match="argmax.*needs an LLM"):
         match_family(spec)
+
+
+def test_a_data_dependent_shape_needs_an_llm(tmp_path):
+    spec = write_spec(tmp_path, "positives", """
+        import torch
+        def positives(x):
+            return x[x > 0] * 2
+        """, ["{name: x, shape: [N], dtype: fp32, dist: {kind: normal}}"], ["{N: 50}"])
+    with pytest.raises(SynthesisError, match="computes gt, index, mul.*needs an LLM"):
+        match_family(spec)

@@ -66,13 +66,13 @@ def rotate_half_source(graph: Graph, node: Node) -> str | None:
     h, h_end = high.args[2], low.args[3] if len(low.args) > 3 else None
     if h != h_end or low.args[2] != 0 or (len(high.args) > 4 and high.args[4] != 1):
         return None
-    if isinstance(h, Ref):  # symbolic: floordiv(size of x's last dim, 2)
+    if isinstance(h, Ref):  # floordiv(size of x's last dim, 2)
         half = graph.node(h.name)
         size = graph.node(half.args[0].name) if half.op == "floordiv" and isinstance(half.args[0], Ref) else None
         if not (size and half.args[1] == 2 and size.op == "sym_size" and size.args[0] == Ref(x.name)
                 and _norm(size.args[1], rank) == rank - 1):
             return None
-    elif h * 2 != x.hint[-1]:
+    elif not (x.shape[-1].isdigit() and h * 2 == int(x.shape[-1])):  # a fixed last dim
         return None
     return x.name
 

@@ -2,9 +2,10 @@
 
 `make_fx` records the aten calls the reference makes; composite operators that the templates
 do not need whole (softmax, layer norm, the activations) are decomposed into elementwise ops
-and reductions, so one code generator covers them all. Tracing is symbolic where it can be:
-sizes are then symbols, and any size the reference computes with (a mean's divisor, rotary's
-half width) appears as a node the generated wrapper recomputes from its own inputs.
+and reductions, so one code generator covers them all. Tracing is symbolic: sizes are symbols,
+and any size the reference computes with (a mean's divisor, rotary's half width) appears as a
+node the generated wrapper recomputes from its own inputs. A reference that only traces with
+fixed sizes would bake those sizes into the kernel, so it is refused.
 """
 
 from __future__ import annotations
@@ -72,7 +73,6 @@ class Graph:
     nodes: tuple[Node, ...]  # topological order, only what the outputs need
     inputs: tuple[GraphInput, ...]  # entry-point arguments first, then parameters (KernelBench)
     outputs: tuple[str, ...]
-    symbolic: bool  # False when the reference had to be traced with concrete sizes
 
     @functools.cached_property
     def by_name(self) -> dict[str, Node]:
@@ -132,17 +132,17 @@ def trace(spec: OperatorSpec) -> Graph:
 def _trace(spec: OperatorSpec) -> Graph:
     fn, args, inputs = _traceable(spec)
     table = _decompositions()
-    errors = []
-    for mode in ("symbolic", "real"):
-        try:
-            with torch.fx.experimental._config.patch(use_duck_shape=False):
-                gm = torch.fx.experimental.proxy_tensor.make_fx(fn, decomposition_table=table,
-                                                                 tracing_mode=mode)(*args)
-            return _to_graph(gm, inputs, symbolic=mode == "symbolic")
-        except Exception as exc:  # the reference may not trace symbolically; try concrete sizes
-            errors.append(f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
-    raise SynthesisError(f"{spec.name}: the reference could not be traced ({errors[-1]}); "
-                         "the offline synthesizer cannot seed it, it needs an LLM synthesizer")
+    try:
+        # distinct symbols even for equal sizes, so that broadcasting is read off the graph
+        with torch.fx.experimental._config.patch(use_duck_shape=False):
+            gm = torch.fx.experimental.proxy_tensor.make_fx(fn, decomposition_table=table,
+                                                             tracing_mode="symbolic")(*args)
+    except Exception as exc:  # data-dependent shapes or control flow: nothing a template can hold
+        first = str(exc).splitlines()[0] if str(exc) else ""
+        raise SynthesisError(f"{spec.name}: the reference does not trace with symbolic sizes "
+                             f"({type(exc).__name__}: {first[:200]}); the offline synthesizer cannot "
+                             "seed it, it needs an LLM synthesizer") from None
+    return _to_graph(gm, inputs)
 
 
 @functools.lru_cache(maxsize=1)
@@ -237,7 +237,7 @@ def _convert(value: Any) -> Any:
     return value
 
 
-def _to_graph(gm: torch.fx.GraphModule, inputs: list[tuple[str, str]], symbolic: bool) -> Graph:
+def _to_graph(gm: torch.fx.GraphModule, inputs: list[tuple[str, str]]) -> Graph:
     placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
     output = next(n for n in gm.graph.nodes if n.op == "output")
     out_args = output.args[0]
@@ -277,8 +277,7 @@ def _to_graph(gm: torch.fx.GraphModule, inputs: list[tuple[str, str]], symbolic:
         args = tuple(_convert(a) for a in n.args)
         kwargs = {k: _convert(v) for k, v in n.kwargs.items()}
         nodes.append(Node(n.name, _op_name(n.target), args, kwargs, shape, hint, dtype, scalar))
-    return Graph(nodes=tuple(nodes), inputs=tuple(graph_inputs), outputs=tuple(o.name for o in out_nodes),
-                 symbolic=symbolic)
+    return Graph(nodes=tuple(nodes), inputs=tuple(graph_inputs), outputs=tuple(o.name for o in out_nodes))
 
 
 def input_shapes_at(spec: OperatorSpec, dims: Mapping[str, int]) -> list[tuple[int, ...]]:
