@@ -97,3 +97,37 @@ def test_cli_shows_family_seeds_and_code(tmp_path):
     bad = run_cli("offline", str(tmp_path / "running.yaml"))
     assert bad.returncode == 1 and "Traceback" not in bad.stderr
     assert bad.stderr.startswith("kevolve: error: running: no offline template") and "needs an LLM" in bad.stderr
+
+
+# One config per family, and the matmul's split-K and persistent kernels, compiled for sm_90.
+SM90 = [
+    ("gelu_tanh", {}), ("bias_gelu_residual", {"persistent": True}), ("rotary_embedding", {}), ("softmax", {}),
+    ("layernorm", {"variant": "looped"}), ("cross_entropy", {}), ("matmul_bias_relu", {"SPLIT_K": 2}),
+    ("matmul_bias_relu", {"persistent": True}), ("embedding_bag_sum", {}), ("jagged_segment_sum", {}),
+    ("bucketize", {"search": "linear"}),
+]
+
+
+@pytest.mark.slow
+def test_seed_kernels_compile_for_an_h100_without_a_gpu():
+    from kevolve.candidate import Transform
+
+    h100 = load_target("h100-sxm")
+    args = []
+    for name, change in SM90:
+        spec = load_spec(REPO / "specs" / f"{name}.yaml")
+        request = SynthesisRequest(spec=spec, target=h100, ceilings=datasheet_ceilings(h100))
+        config = apply(OfflineSynthesizer().propose(request)[0].origin.config,
+                       [Transform(k, v) for k, v in change.items()])
+        args.append(f"{spec.path}::{json.dumps(config)}")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["PYTHONPATH"] = str(REPO)
+    run = subprocess.run([sys.executable, str(REPO / "tests" / "offline_sm90_compile.py"), *args],
+                         capture_output=True, text=True, env=env, timeout=900)
+    if "No module named 'triton.backends.nvidia'" in run.stderr:
+        pytest.skip("this triton has no NVIDIA backend to compile with")
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    kernels = {line.split()[2] for line in run.stdout.splitlines() if line.startswith("ok ")}
+    assert {"_pointwise_kernel", "_rowwise_whole_row", "_rowwise_looped", "_ce_rows", "_ce_reduce",
+            "_matmul_kernel", "_splitk_epilogue", "_embedding_bag_kernel", "_segment_sum_kernel",
+            "_bucketize_kernel"} <= kernels
