@@ -14,6 +14,7 @@ import functools
 import hashlib
 import inspect
 import operator
+import threading
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
@@ -119,14 +120,16 @@ def spec_key(spec: OperatorSpec) -> str:
 
 
 _TRACES: dict[str, Graph] = {}
+_TRACE_LOCK = threading.Lock()  # make_fx keeps global state: one trace at a time per process
 
 
 def trace(spec: OperatorSpec) -> Graph:
     """The reference's graph (cached: render() traces again for every candidate)."""
     key = spec_key(spec)
-    if key not in _TRACES:
-        _TRACES[key] = _trace(spec)
-    return _TRACES[key]
+    with _TRACE_LOCK:
+        if key not in _TRACES:
+            _TRACES[key] = _trace(spec)
+        return _TRACES[key]
 
 
 def _trace(spec: OperatorSpec) -> Graph:
