@@ -211,3 +211,22 @@ def test_a_parent_from_elsewhere_restarts_from_seeds():
     out = OfflineSynthesizer().propose(request(spec, parent=llm))
     assert out and "restart from a pointwise seed" in out[0].origin.note
     assert template_for(out[0].origin.family).families[0] == "pointwise"
+
+
+def test_the_harness_diagnosis_words_map_to_moves():
+    from kevolve.evaluate.diagnose import suggestions
+    from kevolve.evaluate.result import KernelStats
+
+    spec = load_spec(SPEC_DIR / "matmul_bias_relu.yaml")
+    config = seed(spec, H100).origin.config
+    smem = KernelStats("k", 128, 0, 200_000, 8, 3, occupancy_warps_per_sm=8, occupancy_limiter="shared memory")
+    diag = Diagnosis(bound="occupancy", summary="", suggestions=suggestions("occupancy", "compute", [smem], 0.3))
+    assert transforms_for("matmul", config, diag, H100)[0] == Transform("num_stages", config["num_stages"] - 1)
+    spilled = KernelStats("k", 255, 40, 0, 8, 3)
+    diag = Diagnosis(bound="compute", summary="", suggestions=suggestions("compute", "compute", [spilled], 0.5))
+    assert transforms_for("matmul", config, diag, H100)[0] in (Transform("BLOCK_N", config["BLOCK_N"] // 2),
+                                                               Transform("BLOCK_M", config["BLOCK_M"] // 2))
+    softmax = load_spec(SPEC_DIR / "softmax.yaml")
+    looped = dict(seed(softmax, H100).origin.config, variant="looped")
+    diag = Diagnosis(bound="memory", summary="", suggestions=suggestions("memory", "memory", [], 0.6))
+    assert transforms_for("softmax", looped, diag, H100)[0] == Transform("variant", "whole_row")

@@ -78,14 +78,20 @@ PREFERENCES: dict[str, tuple[tuple[str, Any, str], ...]] = {
     ),
 }
 
-# Words in a diagnosis' suggestions, and the move each one asks for.
+# Phrases in a diagnosis' suggestions and the move each asks for; within one suggestion the first
+# phrase that names a knob wins ("fewer num_stages" before "stages").
 SUGGESTION_WORDS: tuple[tuple[str, str, Any], ...] = (
+    ("spill", "BLOCK", "down"), ("spill", "BLOCK_N", "down"), ("spill", "BLOCK_M", "down"),
+    ("fewer num_stages", "num_stages", "down"), ("less shared memory", "BLOCK_K", "down"),
+    ("register pressure", "BLOCK", "down"), ("fewer elements per thread", "num_warps", "up"),
+    ("smaller programs", "BLOCK", "down"), ("smaller programs", "BLOCK_M", "down"),
+    ("several rows per program", "BLOCK_M", "up"), ("second pass", "variant", "whole_row"),
     ("persistent", "persistent", True), ("fewer warps", "num_warps", "down"), ("more warps", "num_warps", "up"),
-    ("vector", "vec", "up"), ("evict", "evict", "stream"), ("split-k", "SPLIT_K", "up"),
-    ("split k", "SPLIT_K", "up"), ("stages", "num_stages", "up"), ("pipelin", "num_stages", "up"),
-    ("group", "GROUP_M", "up"), ("larger tile", "BLOCK_M", "up"), ("smaller tile", "BLOCK_M", "down"),
+    ("wider", "vec", "up"), ("wider", "BLOCK", "up"), ("vector", "vec", "up"), ("evict", "evict", "stream"),
+    ("split-k", "SPLIT_K", "up"), ("split k", "SPLIT_K", "up"), ("or k)", "SPLIT_K", "up"),
+    ("stages", "num_stages", "up"), ("pipelin", "num_stages", "up"), ("group", "GROUP_M", "up"),
+    ("larger tiles", "BLOCK_M", "up"), ("larger tiles", "BLOCK_N", "up"), ("smaller tiles", "BLOCK_M", "down"),
     ("bytes in flight", "BLOCK", "up"), ("unroll", "UNROLL", "up"), ("online", "online", True),
-    ("single pass", "variant", "whole_row"), ("loop", "variant", "looped"),
 )
 
 
@@ -117,9 +123,10 @@ def _wanted(diagnosis: Diagnosis | None) -> list[tuple[str, Any, str]]:
     if diagnosis is None:
         return wanted
     for suggestion in diagnosis.suggestions:
-        text = suggestion.lower()
+        text, named = suggestion.lower(), set()
         for word, knob, direction in SUGGESTION_WORDS:
-            if word in text:
+            if word in text and knob not in named:
+                named.add(knob)
                 wanted.append((knob, direction, f"the diagnosis suggests: {suggestion}"))
     bound = diagnosis.bound
     for knob, direction, why in PREFERENCES.get(bound, ()):
