@@ -120,7 +120,9 @@ def spec_key(spec: OperatorSpec) -> str:
 
 
 _TRACES: dict[str, Graph] = {}
-_TRACE_LOCK = threading.Lock()  # make_fx keeps global state: one trace at a time per process
+_SIGNATURES: dict[str, "EntrySignature"] = {}
+# make_fx keeps global state, and ast.parse is not thread-safe in CPython 3.11: one at a time
+_TRACE_LOCK = threading.RLock()
 
 
 def trace(spec: OperatorSpec) -> Graph:
@@ -157,11 +159,18 @@ def _decompositions() -> dict:
 
 
 def signature(spec: OperatorSpec) -> EntrySignature:
-    """The entry point's arguments, read from the reference."""
-    runtime = OperatorRuntime(spec)
+    """The entry point's arguments, read from the reference (cached like the trace)."""
+    key = spec_key(spec)
+    with _TRACE_LOCK:
+        if key not in _SIGNATURES:
+            _SIGNATURES[key] = _signature(spec)
+        return _SIGNATURES[key]
+
+
+def _signature(spec: OperatorSpec) -> EntrySignature:
     if spec.format == "yaml":
         return EntrySignature(inputs=tuple(i.name for i in spec.inputs), params=dict(spec.params))
-    model_cls = runtime.module.Model
+    model_cls = OperatorRuntime(spec).module.Model
     params = list(inspect.signature(model_cls.forward).parameters.values())[1:]
     if any(p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) for p in params):
         raise SynthesisError(f"{spec.name}: Model.forward takes *args or **kwargs; the offline "
