@@ -3,7 +3,9 @@
 diagnosis-driven transformations propose, each checked against the float64 reference on the
 tuned shape and timed beside eager PyTorch and torch.compile (default, max-autotune-no-cudagraphs).
 
-    python3 bench/offline_gpu.py [--specs softmax,layernorm] [--part 1/2] [--budget-s 20]
+    python3 bench/offline_gpu.py --part 1/2      # then --part 2/2: each under 10 minutes on an H100
+    python3 bench/offline_gpu.py --merge $OUT/offline_gpu-1of2.json $OUT/offline_gpu-2of2.json
+    python3 bench/offline_gpu.py --specs softmax,layernorm --budget-s 30
 
 Needs torch, triton, numpy and pyyaml (not prefect or chromadb) and no harness: correctness is
 checked here with the spec's runtime and compare(). Timing: triton.testing.do_bench medians
@@ -69,11 +71,17 @@ def main() -> int:
            "software": {"torch": torch.__version__, "triton": __import__("triton").__version__},
            "ceilings": ceilings, "part": args.part, "budget_s": args.budget_s, "interpreter": args.interpreter,
            "specs": []}
-    for path in paths:
+    for i, path in enumerate(paths):
         spec = load_spec(path)
         print(f"== {spec.name}", flush=True)
         try:
             result = bench_spec(spec, device, ceilings, args)
+        except DeviceLost as exc:  # later launches would all fail: keep what was measured and stop
+            run["specs"].append({"spec": spec.name, "error": str(exc)})
+            write(out, f"offline_gpu{'' if n == 1 else f'-{k}of{n}'}", run)
+            rest = ",".join(p.stem for p in paths[i + 1:])
+            print(f"the CUDA context is lost ({exc}); rerun the rest with --specs {rest}", file=sys.stderr)
+            return 3
         except Exception as exc:  # one spec failing must not lose the others' figures
             traceback.print_exc()
             result = {"spec": spec.name, "error": f"{type(exc).__name__}: {exc}"}
@@ -81,6 +89,10 @@ def main() -> int:
         print(json.dumps({k: v for k, v in result.items() if k not in ("failures", "trail")}), flush=True)
         write(out, f"offline_gpu{'' if n == 1 else f'-{k}of{n}'}", run)
     return 0
+
+
+class DeviceLost(RuntimeError):
+    """A candidate broke the CUDA context (an illegal address, say): nothing after it can run."""
 
 
 def timer(device: str):
@@ -209,6 +221,8 @@ def bench_spec(spec, device: str, ceilings: dict, args) -> dict:
                 error = cmp.reason if cmp is not None else f"dtype {got.dtype}, expected {expected.dtype}"
         except Exception as exc:
             outcome, error = "crashed", f"{type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}"
+            if device == "cuda" and ("CUDA error" in str(exc) or "illegal" in str(exc).lower()):
+                raise DeviceLost(f"{spec.name}: {error} from {entry['transforms'] or 'a seed'}") from exc
         entry.update(outcome=outcome, time_ms=time_ms, error=error, wall_s=round(time.perf_counter() - t0, 2))
         evaluated.append(entry)
         if error:
