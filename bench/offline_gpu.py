@@ -3,7 +3,7 @@
 diagnosis-driven transformations propose, each checked against the float64 reference on the
 tuned shape and timed beside eager PyTorch and torch.compile (default, max-autotune-no-cudagraphs).
 
-    python3 bench/offline_gpu.py --part 1/2      # then --part 2/2: each under 10 minutes on an H100
+    python3 bench/offline_gpu.py --part 1/2      # then --part 2/2: about 5-8 minutes each on an H100
     python3 bench/offline_gpu.py --merge $OUT/offline_gpu-1of2.json $OUT/offline_gpu-2of2.json
     python3 bench/offline_gpu.py --specs softmax,layernorm --budget-s 30
 
