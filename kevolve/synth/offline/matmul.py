@@ -243,7 +243,7 @@ class MatmulTemplate(Template):
             kernels.append("@triton.jit\ndef _splitk_epilogue(" + ", ".join(
                 red_params + ["BLOCK_M: tl.constexpr", "BLOCK_N: tl.constexpr", "SPLIT_K: tl.constexpr",
                               "IDX64: tl.constexpr"]) + "):\n" + "\n".join(red_body))
-        wrapper = self._wrapper(entry, graph, d, config, tags, em.scalars)
+        wrapper = self._wrapper(entry, graph, d, config, em.scalars)
         return module_source(spec, entry, "matmul", config, kernels, wrapper, helpers=[fr.HELPERS, EXTENT_HELPER])
 
     @staticmethod
@@ -306,7 +306,7 @@ class MatmulTemplate(Template):
         ]
 
     @staticmethod
-    def _wrapper(entry: Entry, graph: Graph, d: MatmulDetail, config: Config, tags, scalars) -> list[str]:
+    def _wrapper(entry: Entry, graph: Graph, d: MatmulDetail, config: Config, scalars) -> list[str]:
         lines = []
         for name, chain in (("_a", d.a), ("_b", d.b)):
             lines.append(f"{name} = {_replay(entry, graph, chain)}")

@@ -19,7 +19,7 @@ from kevolve.synth.offline.expr import (CAST_OPS, FLOAT_OPS, BOOL_OPS, INT_OPS, 
 from kevolve.synth.offline.module import Entry, launch, module_source, torch_dtype
 from kevolve.synth.offline.template import (BLOCK, EVICT, NUM_STAGES, NUM_WARPS, PERSISTENT, PROGRAMS_PER_SM,
                                             Config, Match, Template, warps_for)
-from kevolve.synth.offline.trace import Graph, Node, Ref
+from kevolve.synth.offline.trace import Graph, Node, Ref, trace
 
 ELEMENTWISE = (set(FLOAT_OPS) | set(BOOL_OPS) | set(LOGIC_OPS) | INT_OPS
                | {"clamp", "pow", "logical_not", "bitwise_not", "isnan", "isinf", "floor_divide",
@@ -159,7 +159,7 @@ class PointwiseTemplate(Template):
 
     def render(self, spec: OperatorSpec, match: Match, config: Config) -> str:
         d: PointwiseDetail = match.detail
-        graph = _graph(spec)
+        graph = trace(spec)
         entry = Entry.of(spec, graph)
         out = graph.node(d.output)
         rank = len(d.frame)
@@ -211,7 +211,7 @@ class PointwiseTemplate(Template):
         kernel_lines = body + [ind + line for line in em.lines] + [ind + store]
         kernel = ("@triton.jit\ndef _pointwise_kernel(" + ", ".join(params + consts) + "):\n"
                   + "\n".join(kernel_lines))
-        wrapper = self._wrapper(spec, entry, d, out, config, tags, em.scalars, graph)
+        wrapper = self._wrapper(entry, d, out, config, em.scalars)
         return module_source(spec, entry, match.family, config, [helpers_source(em.lines), kernel], wrapper,
                              helpers=[fr.HELPERS, EXTENT_HELPER])
 
@@ -246,7 +246,7 @@ class PointwiseTemplate(Template):
         return lines
 
     @staticmethod
-    def _wrapper(spec, entry: Entry, d: PointwiseDetail, out: Node, config: Config, tags, scalars, graph) -> list[str]:
+    def _wrapper(entry: Entry, d: PointwiseDetail, out: Node, config: Config, scalars) -> list[str]:
         rank = len(d.frame)
         lines = []
         for name in sorted({l.node for l in d.leaves if l.dense}):
@@ -291,9 +291,3 @@ def _extent(t):
     """One past the largest element offset a tensor view reaches."""
     return 1 + sum((s - 1) * st for s, st in zip(t.shape, t.stride()) if s > 0)
 '''
-
-
-def _graph(spec: OperatorSpec) -> Graph:
-    from kevolve.synth.offline.trace import trace
-
-    return trace(spec)

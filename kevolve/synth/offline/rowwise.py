@@ -250,7 +250,7 @@ class RowwiseTemplate(Template):
         consts = ["BLOCK_M: tl.constexpr", "BLOCK_N: tl.constexpr", "IDX64: tl.constexpr"]
         sources = [f"@triton.jit\ndef {name}(" + ", ".join(params + consts) + "):\n" + "\n".join(body)
                    for name, body in zip(names, kernels)]
-        wrapper = self._wrapper(spec, entry, d, config, code, graph)
+        wrapper = self._wrapper(entry, d, config, code, graph)
         return module_source(spec, entry, match.family, config,
                              [helpers_source(code.helper_lines)] + sources, wrapper, helpers=[fr.HELPERS, EXTENT_HELPER])
 
@@ -266,7 +266,7 @@ class RowwiseTemplate(Template):
         return params + list(code.scalars.values()) + ["NPROG"]
 
     @staticmethod
-    def _wrapper(spec, entry: Entry, d: RowDetail, config: Config, code: RowCode, graph: Graph) -> list[str]:
+    def _wrapper(entry: Entry, d: RowDetail, config: Config, code: RowCode, graph: Graph) -> list[str]:
         rank = len(d.frame)
         out = graph.node(d.output)
         lines = [f"{entry.var(n)} = {entry.var(n)}.contiguous()" for n in sorted({l.node for l in d.leaves if l.dense})]
