@@ -230,3 +230,16 @@ def test_a_data_dependent_shape_needs_an_llm(tmp_path):
         """, ["{name: x, shape: [N], dtype: fp32, dist: {kind: normal}}"], ["{N: 50}"])
     with pytest.raises(SynthesisError, match="computes gt, index, mul.*needs an LLM"):
         match_family(spec)
+
+
+def test_embedding_lookup_with_2d_ids(tmp_path):
+    spec = write_spec(tmp_path, "lookup", """
+        import torch
+        def lookup(table, ids):
+            return torch.nn.functional.embedding(ids, table)
+        """, ["{name: table, shape: [V, D], dtype: bf16, dist: {kind: normal}}",
+              "{name: ids, shape: [B, S], dtype: int64, dist: {kind: randint, low: 0, high: V}}"],
+        ["{V: 50, D: 40, B: 3, S: 7}", "{V: 9, D: 128, B: 2, S: 33}"])
+    assert match_family(spec).family == "embedding"
+    for candidate in seeds(spec, n=3):
+        assert problems(spec, candidate.code) == [], candidate.origin.config

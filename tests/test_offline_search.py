@@ -112,10 +112,15 @@ SM90 = [
     ("matmul_bias_relu", {"persistent": True}), ("embedding_bag_sum", {}), ("jagged_segment_sum", {}),
     ("bucketize", {"search": "linear"}),
 ]
+LOOKUP = """import torch
+
+def lookup(table, ids):
+    return torch.nn.functional.embedding(ids, table)
+"""
 
 
 @pytest.mark.slow
-def test_seed_kernels_compile_for_an_h100_without_a_gpu():
+def test_seed_kernels_compile_for_an_h100_without_a_gpu(tmp_path):
     from kevolve.candidate import Transform
 
     h100 = load_target("h100-sxm")
@@ -126,6 +131,15 @@ def test_seed_kernels_compile_for_an_h100_without_a_gpu():
         config = apply(OfflineSynthesizer().propose(request)[0].origin.config,
                        [Transform(k, v) for k, v in change.items()])
         args.append(f"{spec.path}::{json.dumps(config)}")
+    (tmp_path / "lookup.py").write_text(LOOKUP)
+    (tmp_path / "lookup.yaml").write_text(
+        "name: lookup\nreference: lookup.py:lookup\nshapes:\n  tune: {V: 32000, D: 4096, M: 256}\n"
+        "  interpreter: [{V: 50, D: 16, M: 23}]\ninputs:\n  - {name: table, shape: [V, D], dtype: bf16}\n"
+        "  - {name: ids, shape: [M], dtype: int64, dist: {kind: randint, low: 0, high: V}}\n")
+    lookup = load_spec(tmp_path / "lookup.yaml")
+    config = OfflineSynthesizer().propose(SynthesisRequest(spec=lookup, target=h100,
+                                                           ceilings=datasheet_ceilings(h100)))[0].origin.config
+    args.append(f"{lookup.path}::{json.dumps(config)}")
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["PYTHONPATH"] = str(REPO)
     run = subprocess.run([sys.executable, str(REPO / "tests" / "offline_sm90_compile.py"), *args],
@@ -136,4 +150,4 @@ def test_seed_kernels_compile_for_an_h100_without_a_gpu():
     kernels = {line.split()[2] for line in run.stdout.splitlines() if line.startswith("ok ")}
     assert {"_pointwise_kernel", "_rowwise_whole_row", "_rowwise_looped", "_ce_rows", "_ce_reduce",
             "_matmul_kernel", "_splitk_epilogue", "_embedding_bag_kernel", "_segment_sum_kernel",
-            "_bucketize_kernel"} <= kernels
+            "_bucketize_kernel", "_embedding_kernel"} <= kernels

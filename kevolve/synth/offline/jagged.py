@@ -1,12 +1,13 @@
-"""Jagged family: the sparse ops of recommendation models over offsets.
+"""Jagged family: the sparse ops of recommendation models over offsets, and plain lookups.
 
 - `embedding_bag`: out[b] = reduce(table[indices[offsets[b]:offsets[b+1]]]), sum, mean or max.
 - `segment_sum`: out[b] = values[offsets[b]:offsets[b+1]].sum(0), as the reference writes it
   with index_add_ over ids from repeat_interleave of the offsets' differences.
+- `embedding`: out[i] = table[ids[i]] (a row gather, any shape of ids).
 
-A program owns one bag or segment and a BLOCK_D slice of the feature dim, walks its rows
-UNROLL (bag) or BLOCK_L (segment) at a time so that many row loads are in flight, and keeps
-an fp32 accumulator. `vec` promises the compiler that gathered rows start at a multiple of
+A program owns one bag or segment (BLOCK_L ids for a lookup) and a BLOCK_D slice of the feature
+dim, walks its rows UNROLL (bag) or BLOCK_L (segment) at a time so that many row loads are in
+flight, and keeps an fp32 accumulator. `vec` promises the compiler that gathered rows start at a multiple of
 `vec` elements, so it can issue vector loads; the wrapper drops it where that is not true.
 """
 
@@ -65,14 +66,17 @@ def _ops_of(graph: Graph, name: str) -> set[str]:
 
 
 class JaggedTemplate(Template):
-    families = ("embedding_bag", "segment_sum")
+    families = ("embedding_bag", "segment_sum", "embedding")
     knobs = (BLOCK_D, UNROLL, BLOCK_L, NUM_WARPS, NUM_STAGES, VEC, EVICT)
 
     def match(self, graph: Graph, spec: OperatorSpec) -> Match | None:
         bags = [n for n in graph.nodes if n.op in ("_embedding_bag_forward_only", "_embedding_bag")]
         adds = [n for n in graph.nodes if n.op in ("index_add", "index_add_")]
+        lookups = [n for n in graph.nodes if n.op == "embedding"]
         if bags:
             return self._bag(graph, bags[0])
+        if lookups:
+            return self._lookup(graph, lookups[0])
         if adds:
             return self._segment(graph, adds[0])
         return None
@@ -103,6 +107,17 @@ class JaggedTemplate(Template):
         return Match("embedding_bag", f"embedding bag ({detail.mode}) of a {table.dtype} table over jagged indices",
                      detail)
 
+    def _lookup(self, graph: Graph, node: Node) -> Match:
+        out = self._single_output(graph)
+        if out.name != node.name:
+            raise Unsupported("an embedding lookup followed by other operations")
+        table, ids = (graph.node(a.name) for a in node.args[:2])
+        if table.op != "input" or ids.op != "input" or len(table.shape) != 2:
+            raise Unsupported("an embedding lookup over computed tensors")
+        # padding_idx, scale_grad_by_freq and sparse change only the gradient
+        detail = JaggedDetail("embedding", table.name, "", ids.name, output=out.name)
+        return Match("embedding", f"embedding lookup: rows of a {table.dtype} table gathered by ids", detail)
+
     def _segment(self, graph: Graph, node: Node) -> Match:
         out = self._single_output(graph)
         if out.name != node.name:
@@ -131,6 +146,10 @@ class JaggedTemplate(Template):
         if d.op == "embedding_bag":
             seeds = [dict(base, UNROLL=8), dict(base, UNROLL=16, evict="stream", num_warps=warps_for(
                 block_d * 16, target, 16)), dict(base, UNROLL=4, BLOCK_D=min(block_d, 64), vec=1)]
+        elif d.op == "embedding":
+            seeds = [dict(base, BLOCK_L=4, num_warps=warps_for(block_d * 4, target, 8)),
+                     dict(base, BLOCK_L=1, num_warps=warps_for(block_d, target, 8), evict="stream"),
+                     dict(base, BLOCK_L=16, BLOCK_D=min(block_d, 128), num_warps=warps_for(2048, target, 8))]
         else:
             seeds = [dict(base, BLOCK_L=8), dict(base, BLOCK_L=16, evict="stream", num_warps=warps_for(
                 block_d * 16, target, 16)), dict(base, BLOCK_L=4, BLOCK_D=min(block_d, 64), vec=1)]
@@ -151,15 +170,25 @@ class JaggedTemplate(Template):
         d: JaggedDetail = match.detail
         graph = trace(spec)
         entry = Entry.of(spec, graph)
-        kernel = _BAG_KERNEL if d.op == "embedding_bag" else _SEGMENT_KERNEL
+        kernel = {"embedding_bag": _BAG_KERNEL, "segment_sum": _SEGMENT_KERNEL, "embedding": _LOOKUP_KERNEL}[d.op]
         stream = config["evict"] == "stream"
         kernel = kernel.replace("EVICT_STREAM", ', eviction_policy="evict_first"' if stream else "")
         kernel = kernel.replace("EVICT_REUSE", ', eviction_policy="evict_last"' if stream else "")
-        values, offsets = entry.var(d.values), entry.var(d.offsets)
+        values = entry.var(d.values)
+        offsets = entry.var(d.offsets) if d.offsets else ""
         out_dtype = torch_dtype(graph.node(d.output).dtype)
-        lines = [f"{values} = {values}.contiguous()", f"{offsets} = {offsets}.contiguous()",
-                 f"_d = {values}.shape[1]"]
-        if d.op == "embedding_bag":
+        lines = [f"{values} = {values}.contiguous()", f"_d = {values}.shape[1]"]
+        lines += [f"{offsets} = {offsets}.contiguous()"] if offsets else []
+        grid = f"(_out.shape[0], triton.cdiv(_d, {config['BLOCK_D']}))"
+        if d.op == "embedding":
+            ids = entry.var(d.indices)
+            lines += [f"{ids} = {ids}.contiguous()", f"_n = {ids}.numel()",
+                      f"_out = torch.empty([*{ids}.shape, _d], dtype={out_dtype}, device={values}.device)"]
+            args = [values, ids, "_out", "_n", "_d"]
+            consts = {"BLOCK_D": config["BLOCK_D"], "BLOCK_L": config["BLOCK_L"], "VEC": "_vec"}
+            name = "_embedding_kernel"
+            grid = f"(triton.cdiv(_n, {config['BLOCK_L']}), triton.cdiv(_d, {config['BLOCK_D']}))"
+        elif d.op == "embedding_bag":
             indices = entry.var(d.indices)
             lines += [f"{indices} = {indices}.contiguous()",
                       f"_bags = {offsets}.shape[0] - 1" if d.include_last_offset else f"_bags = {offsets}.shape[0]",
@@ -178,7 +207,7 @@ class JaggedTemplate(Template):
         lines += ["if _out.numel() == 0:\n    return _out",
                   # the alignment promise holds only when every row starts on a multiple of vec elements
                   f"_vec = {vec} if _d % {vec} == 0 and {values}.data_ptr() % ({vec} * {size}) == 0 else 1",
-                  f"_grid = (_out.shape[0], triton.cdiv(_d, {config['BLOCK_D']}))"]
+                  f"_grid = {grid}"]
         lines += launch(name, "_grid", args, consts, config["num_warps"], config["num_stages"])
         lines.append("return _out")
         return module_source(spec, entry, match.family, config, [kernel], lines)
@@ -235,4 +264,18 @@ def _segment_sum_kernel(values_ptr, off_ptr, out_ptr, SEGMENTS, D,
         acc += tl.load(values_ptr + base[:, None] + cols[None, :], mask=m, other=0.0EVICT_STREAM).to(tl.float32)
     result = tl.sum(acc, axis=0)
     tl.store(out_ptr + seg.to(tl.int64) * D + cols, result.to(out_ptr.dtype.element_ty), mask=cmask)
+'''
+
+_LOOKUP_KERNEL = '''@triton.jit
+def _embedding_kernel(table_ptr, ids_ptr, out_ptr, N, D,
+                      BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr, VEC: tl.constexpr):
+    rows = tl.program_id(0) * BLOCK_L + tl.arange(0, BLOCK_L)
+    cols = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
+    rmask = rows < N
+    m = rmask[:, None] & (cols < D)[None, :]
+    idx = tl.load(ids_ptr + rows, mask=rmask, other=0)
+    src = tl.multiple_of(idx.to(tl.int64) * D, VEC)
+    vals = tl.load(table_ptr + src[:, None] + cols[None, :], mask=m, other=0.0EVICT_REUSE)
+    dst = tl.multiple_of(rows.to(tl.int64) * D, VEC)
+    tl.store(out_ptr + dst[:, None] + cols[None, :], vals, mask=m)
 '''
