@@ -17,6 +17,7 @@ COMMANDS = [
     "kevolve.cli.eval_cmd",
     "kevolve.cli.model_cmd",
     "kevolve.cli.library_cmd",
+    "kevolve.cli.kb_cmd",
 ]
 
 
