@@ -18,7 +18,8 @@ from chromadb.api.client import SharedSystemClient
 from conftest import REPO, run_cli
 from kevolve.knowledge import KnowledgeBase, KnowledgeError
 from kevolve.knowledge.corpus import MAX_CHUNK_WORDS, chunk_document, load_corpus, read_document
-from kevolve.knowledge.embedding import HashingEmbedding, embedding_name
+from kevolve.knowledge.config import embedding_name
+from kevolve.knowledge.embedding import HashingEmbedding
 
 TARGETS = {"h100-sxm", "h200", "a100", "mi300x", "mtia-v2", "cpu-interpreter", "any"}
 QUESTIONS = ["shared memory per SM on the H100", "warp size on the MI300X", "online softmax for long rows",

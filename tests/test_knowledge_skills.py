@@ -2,7 +2,9 @@
 closest prior kernel, persistence in the project's database, and the Chroma skills index."""
 
 import dataclasses
+import logging
 import sqlite3
+import sys
 
 import pytest
 
@@ -210,3 +212,23 @@ def test_shape_classes_and_distances():
     assert shape_class({"M": 3000, "N": 50001}) == "M~4096,N~65536"
     assert shape_distance({"M": 1024, "N": 4096}, {"M": 2048, "N": 1024}) == pytest.approx(3.0)
     assert shape_distance({"M": 8}, {"M": 8, "K": 4}) == pytest.approx(4.0)
+
+
+def test_skills_and_best_kernels_work_without_chromadb(tmp_path, monkeypatch, caplog):
+    """The GPU machine may lack chromadb: a run there still learns and reuses skills."""
+    for name in [m for m in sys.modules if m == "chromadb" or m.startswith("chromadb.")] + ["chromadb"]:
+        monkeypatch.setitem(sys.modules, name, None)  # `import chromadb...` now raises ImportError
+    for name in ("kevolve.knowledge.index", "kevolve.knowledge.embedding"):
+        monkeypatch.delitem(sys.modules, name, raising=False)  # imported afresh, and failing
+    kb = KnowledgeBase.open(state=tmp_path)  # the default (minilm) embedding, never loaded
+    skill = kb.record_improvement(SOFTMAX, H100, DIMS, attempt(0.2), attempt(0.1, Transform("num_warps", 8)))
+    assert [s.id for s in kb.skills_for(LOG_SOFTMAX, H100)] == [skill.id]
+    kb.record_best_kernel(SOFTMAX, H100, DIMS, "# best", {}, 1.3, "{}")
+    assert kb.best_prior_kernel(LOG_SOFTMAX, H100, DIMS).code == "# best"
+    with caplog.at_level(logging.WARNING, logger="kevolve.knowledge.base"):
+        assert kb.retrieve(SOFTMAX, H100) == [] and kb.retrieve(SOFTMAX, H100) == []
+    assert [r.message for r in caplog.records].count(
+        "no retrieval: retrieval needs chromadb, which is not installed here; pip install "
+        "'chromadb>=1.5,<1.6' (skills and best kernels work without it)") == 1
+    with pytest.raises(KnowledgeError, match="retrieval needs chromadb"):
+        kb.query("warp size")

@@ -7,20 +7,22 @@ database (state_dir()/kevolve.db). Chroma only indexes them; `rebuild` recreates
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 from kevolve.evaluate.result import Diagnosis, Outcome
 from kevolve.hardware.target import HardwareTarget, available_targets
 from kevolve.knowledge.corpus import load_corpus
-from kevolve.knowledge.embedding import RELATED_SIMILARITY, embedding_name
-from kevolve.knowledge.index import CHROMA_URL_ENV, ChromaIndex, connect
+from kevolve.knowledge import config
+from kevolve.knowledge.config import RELATED_SIMILARITY, ChromaMissing
 from kevolve.knowledge.skills import SkillStore, distill
 from kevolve.knowledge.types import IngestReport, PriorKernel, RetrievedDoc, Skill
 from kevolve.paths import knowledge_dir, state_dir
 from kevolve.specs.model import OperatorSpec
 from kevolve.synth.base import Attempt
+
+if TYPE_CHECKING:
+    from kevolve.knowledge.index import ChromaIndex
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +38,7 @@ class KnowledgeBase:
         self.chroma_url = chroma_url
         self.store = SkillStore(state / "kevolve.db")
         self._index: ChromaIndex | None = None
+        self._warned_no_chroma = False
 
     @classmethod
     def open(cls, *, state: Path | None = None, embedding: str | None = None,
@@ -45,12 +48,16 @@ class KnowledgeBase:
         else embedded under state/chroma)."""
         state = Path(state) if state else state_dir()
         state.mkdir(parents=True, exist_ok=True)
-        return cls(state, embedding_name(embedding), chroma_url or os.environ.get(CHROMA_URL_ENV) or None)
+        return cls(state, config.embedding_name(embedding), config.chroma_url(chroma_url))
 
     @property
     def index(self) -> ChromaIndex:
-        """Chroma, connected on first use: skills and best kernels alone never need it."""
+        """Chroma, connected on first use: skills and best kernels alone never need it (nor chromadb)."""
         if self._index is None:
+            try:
+                from kevolve.knowledge.index import ChromaIndex, connect
+            except ImportError:
+                raise ChromaMissing() from None
             self._index = ChromaIndex(connect(self.state, self.chroma_url), self.embedding)
         return self._index
 
@@ -76,7 +83,13 @@ class KnowledgeBase:
                  k: int = 5) -> list[RetrievedDoc]:
         """The chunks most relevant to tuning this spec on this target now, written for the target
         (or any) and the spec's family (or any)."""
-        self._ensure_corpus()
+        try:
+            self._ensure_corpus()
+        except ChromaMissing as exc:  # a GPU machine without chromadb still tunes, with skills
+            if not self._warned_no_chroma:
+                log.warning("no retrieval: %s", exc.message)
+                self._warned_no_chroma = True
+            return []
         text = retrieval_query(spec, target, diagnosis)
         families = [spec.family] if spec.family else []
         found = self.index.search_corpus(text, targets=[target.name], families=families, k=4 * k)
@@ -122,7 +135,10 @@ class KnowledgeBase:
     def _skill_neighbours(self, text: str, target: str, k: int) -> list[tuple[str, float]]:
         if not self.store.all(target=target):
             return []
-        return self.index.search_skills(text, target=target, k=k)
+        try:
+            return self.index.search_skills(text, target=target, k=k)
+        except ChromaMissing:
+            return []
 
     def skills(self, *, target: str | None = None, family: str | None = None) -> list[Skill]:
         """Every stored skill, most useful first."""
@@ -141,6 +157,8 @@ class KnowledgeBase:
         stored = self.store.merge(skill, dims)
         try:
             self.index.put_skills([stored])
+        except ChromaMissing:
+            pass  # the database has it; `kevolve kb rebuild` indexes it where chromadb is installed
         except Exception as exc:  # the database has it; `kevolve kb rebuild` re-indexes
             log.warning("skill %s saved but not indexed (%s); run `kevolve kb rebuild`", stored.id, exc)
         return stored

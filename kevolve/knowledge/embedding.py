@@ -20,24 +20,8 @@ import numpy as np
 from chromadb.api.types import Documents, EmbeddingFunction, Embeddings, Space
 from chromadb.utils.embedding_functions import register_embedding_function
 
+from kevolve.knowledge.config import embedding_name
 from kevolve.knowledge.types import KnowledgeError
-
-EMBEDDINGS = ("minilm", "hashing")
-DEFAULT_EMBEDDING = "minilm"
-EMBEDDING_ENV = "KEVOLVE_EMBEDDING"
-# Cosine similarity above which two short texts (a request and a skill) are about the same thing.
-# The scales differ: measured on skill texts, related pairs score 0.5-0.6 with MiniLM (unrelated up
-# to 0.36) and 0.2-0.3 with hashing (unrelated under 0.07).
-RELATED_SIMILARITY = {"minilm": 0.45, "hashing": 0.15}
-
-
-def embedding_name(explicit: str | None = None) -> str:
-    name = (explicit or os.environ.get(EMBEDDING_ENV) or DEFAULT_EMBEDDING).strip().lower()
-    if name not in EMBEDDINGS:
-        raise KnowledgeError(f"unknown embedding {name!r}; choose one of {', '.join(EMBEDDINGS)} "
-                             f"(--embedding or {EMBEDDING_ENV})")
-    return name
-
 
 def make_embedding(name: str) -> EmbeddingFunction[Documents]:
     return {"minilm": MiniLMEmbedding, "hashing": HashingEmbedding}[embedding_name(name)]()

@@ -10,26 +10,24 @@ is given (`KEVOLVE_CHROMA_URL`), with the embedding computed here either way.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 from urllib.parse import urlparse
 
+from kevolve.knowledge.config import CHROMA_URL_ENV
 from kevolve.knowledge.corpus import ANY, Document, chunk_document
 from kevolve.knowledge.embedding import make_embedding
 from kevolve.knowledge.types import IngestReport, KnowledgeError, RetrievedDoc, Skill
 
-CHROMA_URL_ENV = "KEVOLVE_CHROMA_URL"
 _BATCH = 64
 
 
-def connect(state: Path, chroma_url: str | None):
-    """A Chroma client: the server at `chroma_url` (or $KEVOLVE_CHROMA_URL), else embedded."""
+def connect(state: Path, url: str | None):
+    """A Chroma client: the server at `url`, else the embedded store under state/chroma."""
     import chromadb
     from chromadb.config import Settings
 
     settings = Settings(anonymized_telemetry=False)
-    url = chroma_url or os.environ.get(CHROMA_URL_ENV)
     if not url:
         return chromadb.PersistentClient(path=str(state / "chroma"), settings=settings)
     parsed = urlparse(url if "://" in url else f"http://{url}")
