@@ -2,12 +2,14 @@
 closest prior kernel, persistence in the project's database, and the Chroma skills index."""
 
 import dataclasses
+import json
 import logging
 import sqlite3
 import sys
 
 import pytest
 
+from conftest import run_cli
 from kevolve.candidate import Origin, Transform
 from kevolve.evaluate.result import Diagnosis
 from kevolve.hardware import load_target
@@ -232,3 +234,19 @@ def test_skills_and_best_kernels_work_without_chromadb(tmp_path, monkeypatch, ca
         "'chromadb>=1.5,<1.6' (skills and best kernels work without it)") == 1
     with pytest.raises(KnowledgeError, match="retrieval needs chromadb"):
         kb.query("warp size")
+
+
+def test_cli_lists_skills_most_useful_first(monkeypatch):
+    kb = KnowledgeBase.open(embedding="hashing")  # the test's own KEVOLVE_HOME, as the CLI sees it
+    small = kb.record_improvement(SOFTMAX, H100, DIMS, attempt(0.2), attempt(0.18, Transform("num_warps", 8)))
+    big = kb.record_improvement(SOFTMAX, H100, DIMS, attempt(0.2, diagnosis=MEMORY_BOUND),
+                                attempt(0.1, Transform("rows_per_program", 2), note="two rows per program"))
+    kb.close()
+    listed = run_cli("kb", "skills", "--embedding", "hashing")
+    assert listed.returncode == 0, listed.stderr
+    lines = listed.stdout.splitlines()
+    assert lines[0].startswith(f"{big.id}  softmax (softmax) on h100-sxm, M~8192,N~8192: two rows per program; "
+                               "0.2 ms -> 0.1 ms (2.00x), paid 1 of 1 times; motivated by: memory-bound")
+    assert lines[1].startswith(f"{small.id}  ")
+    as_json = json.loads(run_cli("kb", "skills", "--json", "--target", "a100", "--embedding", "hashing").stdout)
+    assert as_json == []

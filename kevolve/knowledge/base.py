@@ -12,9 +12,8 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 from kevolve.evaluate.result import Diagnosis, Outcome
 from kevolve.hardware.target import HardwareTarget, available_targets
+from kevolve.knowledge.config import RELATED_SIMILARITY, ChromaMissing, embedding_name, server_url
 from kevolve.knowledge.corpus import load_corpus
-from kevolve.knowledge import config
-from kevolve.knowledge.config import RELATED_SIMILARITY, ChromaMissing
 from kevolve.knowledge.skills import SkillStore, distill
 from kevolve.knowledge.types import IngestReport, PriorKernel, RetrievedDoc, Skill
 from kevolve.paths import knowledge_dir, state_dir
@@ -30,6 +29,7 @@ log = logging.getLogger(__name__)
 # of one manual.
 MAX_CHUNKS_PER_DOCUMENT = 2
 TARGET_SLOTS = 2  # of a run's k chunks, this many at least are written for its target, where any are
+
 
 class KnowledgeBase:
     def __init__(self, state: Path, embedding: str, chroma_url: str | None):
@@ -48,7 +48,7 @@ class KnowledgeBase:
         else embedded under state/chroma)."""
         state = Path(state) if state else state_dir()
         state.mkdir(parents=True, exist_ok=True)
-        return cls(state, config.embedding_name(embedding), config.chroma_url(chroma_url))
+        return cls(state, embedding_name(embedding), server_url(chroma_url))
 
     @property
     def index(self) -> ChromaIndex:

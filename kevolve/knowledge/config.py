@@ -25,7 +25,7 @@ def embedding_name(explicit: str | None = None) -> str:
     return name
 
 
-def chroma_url(explicit: str | None = None) -> str | None:
+def server_url(explicit: str | None = None) -> str | None:
     """A Chroma server's URL, or None for the embedded store."""
     return explicit or os.environ.get(CHROMA_URL_ENV) or None
 
