@@ -77,5 +77,11 @@ def test_samples_match_pytorch():
 
 
 @pytest.mark.parametrize("path", SAMPLES, ids=lambda p: p.stem)
-def test_sample_front_matter_names_its_entry_point(path):
+def test_samples_pass_the_evaluators_static_checks(path):
+    """A model copies what it is shown: a sample must be a candidate the evaluator would accept."""
+    from kevolve.evaluate.static_checks import static_checks
+
+    meta, body = split_front_matter(path.read_text(), path.name)
+    code = re.search(r"```python\n(.*?)```", body, re.S).group(1)
+    assert [c for c in static_checks(code, meta["entry"]) if not c.passed] == []
     assert callable(load_sample(path))
