@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from dataclasses import asdict
 from pathlib import Path
 
@@ -58,6 +59,8 @@ def ingest_cmd(args) -> int:
 
 def query_cmd(args) -> int:
     with _open(args) as kb:
+        if kb.index.corpus_size() == 0:
+            print(f"the {kb.embedding} index is empty: ingesting the corpus first (once)", file=sys.stderr)
         docs = kb.query(args.text, target=args.target, family=args.family, k=args.k)
     if args.json:
         print(json.dumps([{**asdict(d), "metadata": dict(d.metadata)} for d in docs], indent=2, default=list))
