@@ -100,8 +100,9 @@ class ChromaIndex:
             chunks = chunk_document(doc)
             for start in range(0, len(chunks), _BATCH):
                 part = chunks[start:start + _BATCH]
-                col.add(ids=[c.id for c in part], documents=[c.text for c in part],
-                        metadatas=[c.metadata for c in part])
+                # upsert: another process ingesting at the same time may have written these ids
+                col.upsert(ids=[c.id for c in part], documents=[c.text for c in part],
+                           metadatas=[c.metadata for c in part])
             written += len(chunks)
             (updated if old else added).append(doc.path)
         current = {d.path for d in docs}
