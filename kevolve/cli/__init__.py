@@ -18,6 +18,7 @@ COMMANDS = [
     "kevolve.cli.model_cmd",
     "kevolve.cli.library_cmd",
     "kevolve.cli.offline_cmd",
+    "kevolve.cli.kb_cmd",
 ]
 
 

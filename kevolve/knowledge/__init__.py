@@ -1,5 +1,17 @@
-"""Knowledge base: the corpus in Chroma, retrieval, and skills learnt from runs."""
+"""Knowledge base: the corpus in Chroma, retrieval, and skills learnt from runs.
 
-from kevolve.knowledge.types import RetrievedDoc, Skill
+`KnowledgeBase` (kevolve.knowledge.base) is imported lazily: the synthesizer contract imports the
+record types from here, and the knowledge base itself imports that contract.
+"""
 
-__all__ = ["RetrievedDoc", "Skill"]
+from kevolve.knowledge.types import IngestReport, KnowledgeError, PriorKernel, RetrievedDoc, Skill
+
+__all__ = ["IngestReport", "KnowledgeBase", "KnowledgeError", "PriorKernel", "RetrievedDoc", "Skill"]
+
+
+def __getattr__(name: str):
+    if name == "KnowledgeBase":
+        from kevolve.knowledge.base import KnowledgeBase
+
+        return KnowledgeBase
+    raise AttributeError(name)
