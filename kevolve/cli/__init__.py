@@ -19,6 +19,8 @@ COMMANDS = [
     "kevolve.cli.library_cmd",
     "kevolve.cli.offline_cmd",
     "kevolve.cli.kb_cmd",
+    "kevolve.cli.tune_cmd",
+    "kevolve.cli.llm_cmd",
 ]
 
 

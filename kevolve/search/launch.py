@@ -1,0 +1,77 @@
+"""From what a user asked for (`kevolve tune SPEC ...`, or the flow's parameters) to a run's
+settings: which spec file, which target, which synthesizer, new run or resumed one."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+from kevolve.errors import LLMUnavailable
+from kevolve.search.components import llm_answers
+from kevolve.search.config import DEFAULT_LLM_URL, ConfigError, SearchConfig, TuneSettings
+from kevolve.search.store import SearchStore
+from kevolve.synth.llm.client import unreachable_message
+
+
+@dataclass(frozen=True)
+class Plan:
+    settings: TuneSettings | None  # None: resume with the run's stored settings
+    run_id: str | None  # None: a new run with a generated id
+    overrides: Mapping[str, Any] = field(default_factory=dict)  # search settings changed on resume
+    notes: tuple[str, ...] = ()
+
+
+def plan_run(spec: str | None, *, target: str | None = None, llm: str | None = None, llm_model: str | None = None,
+             offline: bool = False, run_name: str | None = None, resume: str | None = None,
+             search: Mapping[str, Any] | None = None, knowledge: bool = True,
+             options: Mapping[str, Any] | None = None) -> Plan:
+    """`search` holds SearchConfig fields (policy, budget, ...); `options` other TuneSettings fields.
+    Resuming (by --resume, or a --run-name that exists) keeps the run's settings; `search` then
+    only overrides limits such as the budget."""
+    search = dict(search or {})
+    existing = resume or run_name
+    if existing:
+        with SearchStore() as store:
+            found = store.find_run(existing)
+            if resume and found is None:
+                store.run(resume)  # raises RunNotFound, saying how to list the runs
+        if found is not None:
+            _interpreter_env(found.target)
+            return Plan(None, found.id, search)
+    if spec is None:
+        raise ConfigError("name a spec to tune (a path, or an example such as `softmax`), or --resume RUN_ID")
+    from kevolve.hardware import detect_target, load_target
+    from kevolve.specs import resolve_spec
+
+    spec_obj = resolve_spec(spec)
+    target_obj = load_target(target) if target else detect_target()
+    _interpreter_env(target_obj.name, target_obj.interpreter)
+    notes: list[str] = []
+    synthesizer, model = "offline", None
+    url = llm or DEFAULT_LLM_URL
+    if offline:
+        notes.append("offline synthesizer (templates + transformations), as asked by --offline")
+    else:
+        served = llm_answers(url)
+        if served:
+            synthesizer, model = "llm", llm_model or served[0]
+        elif llm:
+            raise LLMUnavailable(unreachable_message(url, "no answer to GET /models"))
+        else:
+            notes.append(f"no LLM answering at {url}: using the offline synthesizer (templates + "
+                         f"transformations); start an LLM with `kevolve llm serve MODEL`")
+    settings = TuneSettings(spec=str(spec_obj.path), target=target_obj.name,
+                            search=SearchConfig.from_dict(search), synthesizer=synthesizer, llm_url=url,
+                            llm_model=model, knowledge=knowledge, **dict(options or {}))
+    return Plan(settings, run_name, {}, tuple(notes))
+
+
+def _interpreter_env(target_name: str, interpreter: bool | None = None) -> None:
+    """Kernels for the interpreter target run under TRITON_INTERPRET=1, in every worker."""
+    if interpreter is None:
+        from kevolve.hardware import load_target
+
+        interpreter = load_target(target_name).interpreter
+    if interpreter:
+        os.environ.setdefault("TRITON_INTERPRET", "1")
