@@ -32,16 +32,16 @@ class SearchConfig:
     seeds: int = 3  # candidates asked for when expanding the root
     memory_mode: str = "auto"  # auto, or always one of inherit | siblings | restart
     rng_seed: int = 0
-    exploration: float = 1.4  # MCTS: the UCT constant
+    exploration: float = 0.7  # MCTS: the UCT constant (values are normalised to [0, 1])
     widening: float = 0.5  # MCTS: a node takes another expansion while expansions <= visits ** widening
     islands: int = 2  # evolutionary
     tournament: int = 3  # evolutionary: contestants per selection
     migration_every: int = 3  # evolutionary: rounds between migrations of each island's best
-    beam_width: int = 3  # beam (greedy is a beam of width 1)
+    beam_width: int = 3  # beam; greedy is a beam of width 1 whatever this says
     max_barren_expansions: int = 2  # a parent whose expansions brought nothing new this often is closed
     noise: float = 0.03  # two timings closer than this (relative) are the same
 
-    def validated(self) -> "SearchConfig":
+    def __post_init__(self) -> None:
         if self.policy not in POLICIES:
             raise ConfigError(f"unknown policy {self.policy!r}; choose one of {', '.join(POLICIES)}")
         if self.baseline not in BASELINES:
@@ -54,9 +54,6 @@ class SearchConfig:
         for name in positive:
             if int(getattr(self, name)) < 1:
                 raise ConfigError(f"{name} must be at least 1, not {getattr(self, name)}")
-        if self.policy == "greedy" and self.beam_width != 1:
-            return dataclasses.replace(self, beam_width=1)
-        return self
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -67,7 +64,7 @@ class SearchConfig:
         unknown = sorted(set(d) - names)
         if unknown:
             raise ConfigError(f"unknown search setting {unknown[0]!r}; known: {', '.join(sorted(names))}")
-        return SearchConfig(**d).validated()
+        return SearchConfig(**d)
 
 
 @dataclass(frozen=True)

@@ -17,19 +17,20 @@ from kevolve.search.tree import ROOT, Node, SearchTree
 class BeamPolicy:
     def __init__(self, config: SearchConfig):
         self.config = config
-        self.name = "greedy" if config.beam_width == 1 else "beam"
+        self.name = config.policy if config.policy in ("beam", "greedy") else "beam"
+        self.width = 1 if config.policy == "greedy" else config.beam_width
         self.beam: list[int] = []
 
     def update(self, tree: SearchTree, evaluated: Sequence[Node], round: int) -> None:
         members = {*self.beam, *(n.id for n in evaluated)}
-        self.beam = [n.id for n in sorted((tree.get(i) for i in members), key=rank_key)][:self.config.beam_width]
+        self.beam = [n.id for n in sorted((tree.get(i) for i in members), key=rank_key)][:self.width]
 
     def select(self, tree: SearchTree, round: int) -> list[Expansion]:
         open_members = [i for i in self.beam if expandable(tree, i, self.config)]
-        if len(open_members) < self.config.beam_width:
+        if len(open_members) < self.width:
             # Fill the beam from the next fittest open kernels.
             spare = [n.id for n in tree.ranked() if n.id not in open_members and expandable(tree, n.id, self.config)]
-            open_members += spare[:self.config.beam_width - len(open_members)]
+            open_members += spare[:self.width - len(open_members)]
         if not open_members:
             if not expandable(tree, ROOT, self.config):
                 return []

@@ -51,14 +51,12 @@ class EvolutionaryPolicy:
 
     def select(self, tree: SearchTree, round: int) -> list[Expansion]:
         picks: list[Expansion] = []
-        seeded = False
         for slot in range(self.config.expansions_per_round):
             island = (round * self.config.expansions_per_round + slot) % self.config.islands
             rng = random.Random(f"{self.config.rng_seed}:{round}:{slot}")
             pool = [tree.get(i) for i in self.populations[island] if expandable(tree, i, self.config)]
             if not pool:
-                if not seeded and expandable(tree, ROOT, self.config):
-                    seeded = True
+                if expandable(tree, ROOT, self.config):
                     picks.append(expansion(tree, ROOT, self.config, group=island, why=f"seed island {island}"))
                     continue
                 pool = [n for n in tree.ranked() if expandable(tree, n.id, self.config)][:POPULATION]

@@ -2,7 +2,8 @@
 
 Each evaluation is a rollout: its fitness is backed up the path to the root, where a node's value
 is the best fitness in its subtree (a kernel search wants the best leaf, not the mean one),
-normalised by the best overall so that the exploration constant means the same on every operator.
+normalised between the worst and best of the siblings compared, so that the exploration constant
+means the same on every operator and a few percent of speedup still count.
 Descent picks the child with the highest upper confidence bound until it reaches a node that may
 take another expansion: a node takes expansion k+1 once it has about k**(1/widening) visits, so
 good nodes are refined before the tree grows wide.
@@ -70,15 +71,18 @@ class MCTSPolicy:
                 return node
             if not kids:
                 return False
-            node = max(kids, key=lambda c: (self._uct(node, c.id, virtual), -c.id)).id
+            values = [self.value.get(c.id, 0.0) for c in kids]
+            low, high = min(values), max(values)
+            node = max(kids, key=lambda c: (self._uct(node, c.id, virtual, low, high), -c.id)).id
 
     def _may_widen(self, tree: SearchTree, node: int | None, virtual: Counter) -> bool:
         taken = len(tree.expansions(node)) + virtual[node]
         return taken < max(1, math.ceil((self.visits[node] + virtual[node]) ** self.config.widening))
 
-    def _uct(self, parent: int | None, child: int, virtual: Counter) -> float:
-        best = self.value.get(ROOT, 0.0)
-        exploit = self.value.get(child, 0.0) / best if best > 0 else 0.0
+    def _uct(self, parent: int | None, child: int, virtual: Counter, low: float, high: float) -> float:
+        # Values normalised over the siblings compared: speedups differ by a few percent, which
+        # must still tell the subtrees apart.
+        exploit = (self.value.get(child, 0.0) - low) / (high - low) if high > low else 0.5
         n_parent = self.visits[parent] + virtual[parent]
         n_child = self.visits[child] + virtual[child]
         return exploit + self.config.exploration * math.sqrt(math.log(max(n_parent, 1)) / max(n_child, 1))

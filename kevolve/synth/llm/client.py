@@ -175,6 +175,9 @@ def _read(response: Any, model: str) -> ChatReply:
 
 
 def _reason(exc: BaseException) -> str:
+    body = getattr(exc, "body", None)  # the server's own error message, where it sent one
+    if isinstance(body, dict) and isinstance(body.get("message"), str):
+        return " ".join(body["message"].split())[:300]
     text = str(getattr(exc, "message", "") or exc or type(exc).__name__)
     cause = exc.__cause__ or exc.__context__
     if cause is not None and "connection" in text.lower():
