@@ -28,6 +28,8 @@ demo: $(STAMP)
 	$(BIN)/kevolve specs validate specs/
 	$(BIN)/kevolve hw detect
 	$(BIN)/kevolve hw show
+	@# A short real search; with no LLM answering it uses the offline synthesizer and says so.
+	$(BIN)/kevolve tune softmax --budget 8
 
 test: $(STAMP)
 	TRITON_INTERPRET=1 $(BIN)/python -m pytest -q

@@ -102,15 +102,16 @@ class SearchSession:
         context = RunContext(spec, target, load_ceilings(target, device_name()),
                              spec.shapes_for(target.interpreter)[0], knowledge)
         run_id = run_id or new_run_id(spec.name, target.name)
-        if existing is None:
-            run = store.create_run(run_id, spec.name, target.name, settings.to_dict())
-        else:
-            run = existing
-        number = store.claim(run_id)
-        if existing is not None:  # resumed: the stored settings, plus the overrides
-            store.update_settings(run_id, settings.to_dict())
         synthesizer = synthesizer or make_synthesizer(settings)
         evaluator = evaluator or make_evaluator(spec, target, settings)
+        try:
+            run = existing or store.create_run(run_id, spec.name, target.name, settings.to_dict())
+            number = store.claim(run_id)
+        except BaseException:
+            getattr(evaluator, "close", lambda: None)()
+            raise
+        if existing is not None:  # resumed: the stored settings, plus the overrides
+            store.update_settings(run_id, settings.to_dict())
         session = SearchSession(store, run, number, settings, context, synthesizer, evaluator, notes)
         if existing is None:
             session._seed_from_prior()
