@@ -1,0 +1,89 @@
+"""The loop as Prefect runs it: each stage a task, evaluations fanned out, retries for an
+endpoint that is down (never for a kernel that fails)."""
+
+from __future__ import annotations
+
+import pytest
+
+from kevolve.errors import LLMUnavailable
+from kevolve.search.launch import plan_run
+from kevolve.search.store import SearchStore
+from kevolve.specs import resolve_spec
+from searchkit import FakeOpenAI, InterpreterEvaluator, Reply, Status, broken_softmax, fenced, softmax_kernel
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def prefect():
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+def test_the_flow_runs_every_stage_as_a_task(prefect):
+    from prefect import flow
+    from prefect.client.orchestration import get_client
+
+    from flows.tune_operator import tune
+    from tasks import task_stages
+
+    spec = resolve_spec("softmax")
+    answers = [softmax_kernel(rows=r, warps=w) for r, w in ((1, 4), (2, 4), (1, 8), (4, 2))]
+
+    def answer(body, i):
+        return Reply(fenced(broken_softmax())) if i == 2 else Reply(fenced(answers[i % len(answers)]))
+
+    @flow
+    def tune_in_a_flow(url: str) -> dict:
+        plan = plan_run("softmax", llm=url, knowledge=False, search={"budget": 5, "seeds": 2})
+        return tune(plan, task_stages, evaluator=InterpreterEvaluator(spec)).to_dict()
+
+    with FakeOpenAI(answer) as server:
+        summary = tune_in_a_flow(server.url)
+    assert summary["evaluations"] == 5 and summary["correct"] == 4
+
+    import asyncio
+
+    async def task_names():
+        async with get_client() as client:
+            runs = await client.read_task_runs()
+            return sorted(r.name for r in runs)
+
+    names = asyncio.run(task_names())
+    with SearchStore() as store:
+        hashes = {n.candidate.code_hash for n in store.nodes(summary["run_id"])}
+    # one evaluate task per candidate, named by its hash; the other stages once per round or more
+    assert {n.removeprefix("evaluate-") for n in names if n.startswith("evaluate-")} == hashes
+    for stage in ("select", "retrieve", "synthesize", "remeasure"):
+        assert any(n.startswith(stage) for n in names), stage
+
+
+def test_an_endpoint_that_is_down_is_retried_by_the_task_then_stops_the_run(prefect):
+    from prefect import flow
+
+    from flows.tune_operator import tune
+    from tasks import task_stages
+
+    spec = resolve_spec("softmax")
+    state = {"calls": 0}
+
+    def answer(body, i):  # the first round is answered; then the endpoint fails for good
+        return Reply(fenced(softmax_kernel(rows=1 + i % 4, warps=4))) if i < 2 else Status(503, "restarting")
+
+    @flow
+    def tune_in_a_flow(url: str) -> dict:
+        plan = plan_run("softmax", llm=url, run_name="down", knowledge=False,
+                        search={"budget": 6, "seeds": 2, "expansions_per_round": 1},
+                        options={"llm_retries": 0, "llm_outage_retries": 2, "llm_outage_wait_s": 0.1})
+        return tune(plan, task_stages, evaluator=InterpreterEvaluator(spec)).to_dict()
+
+    with FakeOpenAI(answer) as server:
+        with pytest.raises(LLMUnavailable, match="keeps failing: HTTP 503"):
+            tune_in_a_flow(server.url)
+        chats = len(server.chats)
+    assert chats == 2 + 3 * 2  # the failing round: its task tried 3 times, 2 requests each
+    with SearchStore() as store:
+        run = store.run("down")
+        assert run.status == "stopped" and len(store.evaluations("down")) >= 2
