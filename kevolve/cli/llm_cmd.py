@@ -20,12 +20,13 @@ class VLLMMissing(KevolveError):
 
 
 def register(sub) -> None:
-    from kevolve.synth.llm.client import DEFAULT_LLM_URL
+    from kevolve.synth.llm.client import default_llm_url
 
     p = sub.add_parser("llm", help="the LLM endpoint: check it, or serve a model with vLLM")
     verbs = p.add_subparsers(dest="verb", metavar="VERB", required=True)
     check = verbs.add_parser("check", help="list the endpoint's models and make one tiny chat round trip")
-    check.add_argument("--llm", metavar="URL", default=DEFAULT_LLM_URL, help=f"endpoint (default {DEFAULT_LLM_URL})")
+    check.add_argument("--llm", metavar="URL", default=default_llm_url(),
+                       help="endpoint (default $KEVOLVE_LLM_URL, else http://127.0.0.1:8000/v1)")
     check.add_argument("--model", help="the model to chat with (default: the first listed)")
     check.set_defaults(func=check_cmd)
     serve = verbs.add_parser("serve", help="start `vllm serve MODEL` (needs vLLM and a GPU)")

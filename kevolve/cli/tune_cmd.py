@@ -40,8 +40,9 @@ def register(sub) -> None:
     p.add_argument("--target", help="hardware target (default: this machine's)")
     p.add_argument("--budget", type=int, help="candidate evaluations (default 24)")
     p.add_argument("--policy", choices=POLICIES, help="search policy (default mcts)")
-    p.add_argument("--llm", metavar="URL", help="OpenAI-compatible endpoint (default http://127.0.0.1:8000/v1; "
-                                                "with none answering there, the offline synthesizer)")
+    p.add_argument("--llm", metavar="URL", help="OpenAI-compatible endpoint (default $KEVOLVE_LLM_URL, else "
+                                                "http://127.0.0.1:8000/v1; with none answering there, the "
+                                                "offline synthesizer)")
     p.add_argument("--model", help="the endpoint's model (default: the first it lists)")
     p.add_argument("--offline", action="store_true", help="use the offline synthesizer (templates + transformations)")
     p.add_argument("--wall-time", type=float, metavar="S", help="stop after this many seconds")

@@ -9,9 +9,9 @@ from typing import Any, Mapping
 
 from kevolve.errors import LLMUnavailable
 from kevolve.search.components import llm_answers
-from kevolve.search.config import DEFAULT_LLM_URL, ConfigError, SearchConfig, TuneSettings
+from kevolve.search.config import ConfigError, SearchConfig, TuneSettings
 from kevolve.search.store import SearchStore
-from kevolve.synth.llm.client import unreachable_message
+from kevolve.synth.llm.client import default_llm_url, unreachable_message
 
 
 @dataclass(frozen=True)
@@ -49,7 +49,7 @@ def plan_run(spec: str | None, *, target: str | None = None, llm: str | None = N
     _interpreter_env(target_obj.name, target_obj.interpreter)
     notes: list[str] = []
     synthesizer, model = "offline", None
-    url = llm or DEFAULT_LLM_URL
+    url = llm or default_llm_url()
     if offline:
         notes.append("offline synthesizer (templates + transformations), as asked by --offline")
     else:

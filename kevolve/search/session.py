@@ -74,6 +74,7 @@ class SearchSession:
         self._elapsed_before = run.elapsed_s
         self._started = time.monotonic()
         self._baselines: Baselines | None = None
+        self._owns_evaluator = False
 
     # Opening ----------------------------------------------------------------------------------
     @staticmethod
@@ -103,16 +104,19 @@ class SearchSession:
                              spec.shapes_for(target.interpreter)[0], knowledge)
         run_id = run_id or new_run_id(spec.name, target.name)
         synthesizer = synthesizer or make_synthesizer(settings)
+        owned = evaluator is None  # the session closes only an evaluator it started
         evaluator = evaluator or make_evaluator(spec, target, settings)
         try:
             run = existing or store.create_run(run_id, spec.name, target.name, settings.to_dict())
             number = store.claim(run_id)
         except BaseException:
-            getattr(evaluator, "close", lambda: None)()
+            if owned:
+                evaluator.close()
             raise
         if existing is not None:  # resumed: the stored settings, plus the overrides
             store.update_settings(run_id, settings.to_dict())
         session = SearchSession(store, run, number, settings, context, synthesizer, evaluator, notes)
+        session._owns_evaluator = owned
         if existing is None:
             session._seed_from_prior()
         if target.interpreter:
@@ -139,6 +143,11 @@ class SearchSession:
     @property
     def baselines(self) -> Baselines | None:
         """The run's baselines, for evaluations that do not carry their own."""
+        return self.load_baselines()
+
+    def load_baselines(self) -> Baselines | None:
+        """Timed by the harness (or read from its cache) once per run, before the first fan-out,
+        so parallel evaluations never time them twice."""
         if self._baselines is None and hasattr(self.evaluator, "baselines"):
             self._baselines = self.evaluator.baselines()
             self.tree.baselines = self._baselines
@@ -187,6 +196,8 @@ class SearchSession:
         return added
 
     def started(self, nodes: Sequence[Node]) -> None:
+        if nodes:
+            self.load_baselines()
         for node in nodes:
             self.store.mark_evaluating(node.id)
 
@@ -262,9 +273,8 @@ class SearchSession:
             self.store.release(self.run_id, "stopped", getattr(error, "message", None) or type(error).__name__)
 
     def close(self) -> None:
-        close = getattr(self.evaluator, "close", None)
-        if close is not None:
-            close()
+        if self._owns_evaluator:
+            self.evaluator.close()
         self.store.close()
 
     def summary(self, reason: str) -> RunSummary:

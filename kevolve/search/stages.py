@@ -101,13 +101,17 @@ class Stages:
 
 
 def evaluate_in_threads(evaluator: Any, nodes: Sequence[Node]) -> Iterator[tuple[Node, Evaluation]]:
-    """Evaluate nodes concurrently (the harness spreads them over its workers), as they finish."""
+    """Evaluate nodes concurrently (the harness spreads them over its workers), as they finish.
+    Interrupted, it waits for nothing: what was in flight is evaluated again on resume."""
     if not nodes:
         return
-    with ThreadPoolExecutor(max_workers=len(nodes), thread_name_prefix="evaluate") as pool:
+    pool = ThreadPoolExecutor(max_workers=len(nodes), thread_name_prefix="evaluate")
+    try:
         futures = {pool.submit(evaluate, evaluator, node.candidate): node for node in nodes}
         for future in as_completed(futures):
             yield futures[future], future.result()
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
 
 
 def engine_stages() -> Stages:

@@ -19,6 +19,11 @@ from kevolve.errors import KevolveError, LLMUnavailable
 
 DEFAULT_LLM_URL = "http://127.0.0.1:8000/v1"  # where `vllm serve` listens
 
+
+def default_llm_url() -> str:
+    """The endpoint used when none is named: $KEVOLVE_LLM_URL, else vLLM's default."""
+    return os.environ.get("KEVOLVE_LLM_URL") or DEFAULT_LLM_URL
+
 Messages = Sequence[dict[str, str]]
 
 
