@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ast
 import hashlib
+import threading
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
@@ -46,11 +47,23 @@ class Candidate:
         return code_hash(self.code)
 
 
+_AST_LOCK = threading.Lock()
+
+
+def parse_source(code: str) -> ast.Module:
+    """`ast.parse`, one thread at a time. CPython 3.11 keeps the AST constructor's recursion depth
+    in shared state: a thread switch inside a parse (a finalizer run by the garbage collector is
+    enough) fails a concurrent parse with "AST constructor recursion depth mismatch". Candidates
+    are hashed and checked from several threads at once, so every parse of their code goes here."""
+    with _AST_LOCK:
+        return ast.parse(code)
+
+
 def normalise_code(code: str) -> str:
     """Source with comments, docstrings-free formatting and spacing removed, so that two
     candidates that differ only there count as one."""
     try:
-        tree = ast.parse(code)
+        tree = parse_source(code)
     except SyntaxError:
         return "\n".join(line.rstrip() for line in code.strip().splitlines())
     for node in ast.walk(tree):

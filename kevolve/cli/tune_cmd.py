@@ -22,6 +22,8 @@ _PREFECT_QUIET = {
     "PREFECT_LOGGING_LEVEL": "WARNING",
     "PREFECT_SERVER_LOGGING_LEVEL": "CRITICAL",
     "PREFECT_LOGGING_ROOT_LEVEL": "CRITICAL",
+    # Its temporary server migrates a fresh database before it answers: slow on a busy machine.
+    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
 }
 
 # argparse destination -> SearchConfig field, for the limits a resumed run may change too
@@ -82,15 +84,25 @@ def tune(args) -> int:
 
     with ProgressView() as view, listening(view.on_event):
         if orchestrated:
-            from flows.tune_operator import tune_operator
-
-            summary = tune_operator(**request)
+            summary = run_flow(request)
         else:
             from flows.tune_operator import tune_without_prefect
 
             summary = tune_without_prefect(**request).to_dict()
     report(summary)
     return 0
+
+
+def run_flow(request: dict[str, Any]) -> dict[str, Any]:
+    from flows.tune_operator import tune_operator
+
+    try:
+        return tune_operator(**request)
+    except RuntimeError as exc:
+        if "ephemeral Prefect API server" not in str(exc):
+            raise
+        raise KevolveError("Prefect's temporary server did not start; start one with `prefect server start` "
+                           "and set PREFECT_API_URL=http://127.0.0.1:4200/api, or run with --no-prefect") from None
 
 
 def report(summary: dict[str, Any]) -> None:

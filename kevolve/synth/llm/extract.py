@@ -14,6 +14,7 @@ import ast
 import re
 from dataclasses import dataclass
 
+from kevolve.candidate import parse_source
 from kevolve.errors import KevolveError
 
 _FENCE = re.compile(r"^[ \t]*(```+|~~~+)[ \t]*([\w+-]*)[^\n]*$", re.MULTILINE)
@@ -109,7 +110,7 @@ def _why_not(text: str, blocks: list[Block], entry_point: str) -> str:
 
 def _parse(code: str) -> ast.Module | None:
     try:
-        return ast.parse(code)
+        return parse_source(code)
     except (SyntaxError, ValueError):
         return None
 
