@@ -77,11 +77,12 @@ def dump(summary: dict) -> dict:
         if ev is not None and ev.baselines is not None:
             baselines = ev.baselines
         d = ev.diagnosis if ev else None
+        origin = n.candidate.origin
         rows.append({
             "node": n.id, "parent": n.parent_id, "memory": n.memory_mode,
-            "made_by": n.candidate.origin.synthesizer + (f" {n.candidate.origin.family}" if n.candidate.origin.family else ""),
-            "note": n.candidate.origin.note[:80],
-            "transforms": [f"{t.name}={t.value}" for t in n.candidate.origin.transforms],
+            "made_by": origin.synthesizer + (f" {origin.family}" if origin.family else ""),
+            "note": origin.note[:80],
+            "transforms": [f"{t.name}={t.value}" for t in origin.transforms],
             "outcome": ev.outcome.value if ev else "pending",
             "median_ms": ev.timing.median_ms if ev and ev.timing else None,
             "spread": round(ev.timing.spread, 4) if ev and ev.timing else None,
@@ -119,7 +120,8 @@ def markdown(results: list[dict], device: str) -> str:
                 return fmt.format(v) if isinstance(v, (int, float)) and v is not None else "-"
             out.append(f"| {n['node']} | {n['parent'] or '-'} | {n['memory']} | {n['made_by']} | {n['outcome']} | "
                        f"{f(n['median_ms'])} | {f(n['spread'])} | {f(n['remeasured_ms'])} | "
-                       f"{f(n['speedup_eager'], '{:.2f}')} | {f(n['speedup_fastest'], '{:.2f}')} | {n['bound'] or '-'} | "
+                       f"{f(n['speedup_eager'], '{:.2f}')} | {f(n['speedup_fastest'], '{:.2f}')} | "
+                       f"{n['bound'] or '-'} | "
                        f"{f(n['fraction_of_floor'], '{:.2f}')} | {f(n['achieved_gbps'], '{:.0f}')} | "
                        f"{(n['error'] or n['note']).replace('|', '/')} |")
         out.append("")

@@ -138,8 +138,9 @@ def test_the_prompt_carries_spec_target_knowledge_parent_and_memory():
     _, seed = build_messages(request(parent=None, history=(), siblings=()))
     assert "Write a first kernel" in seed["content"] and "The kernel to improve" not in seed["content"]
 
-    _, failed = build_messages(request(parent=Attempt(code="def softmax(x:", origin=Origin("llm"),
-                                                      outcome="compile_error", error="SyntaxError: '(' was never closed")))
+    broken = Attempt(code="def softmax(x:", origin=Origin("llm"), outcome="compile_error",
+                     error="SyntaxError: '(' was never closed")
+    _, failed = build_messages(request(parent=broken))
     assert "COMPILE ERROR" in failed["content"] and "SyntaxError: '(' was never closed" in failed["content"]
 
 

@@ -27,7 +27,9 @@ def make_synthesizer(settings: TuneSettings) -> Any:
 def make_evaluator(spec: OperatorSpec, target: HardwareTarget, settings: TuneSettings) -> Any:
     from kevolve.evaluate.evaluator import Evaluator
 
-    return Evaluator(spec, target, workers=settings.eval_workers, timeout_s=settings.eval_timeout_s)
+    # Under the interpreter there is no speed to compare with: no baselines to time.
+    return Evaluator(spec, target, workers=settings.eval_workers, timeout_s=settings.eval_timeout_s,
+                     baselines=not target.interpreter)
 
 
 def llm_answers(url: str, timeout_s: float = 3.0) -> list[str] | None:

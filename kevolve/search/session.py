@@ -148,7 +148,8 @@ class SearchSession:
     def load_baselines(self) -> Baselines | None:
         """Timed by the harness (or read from its cache) once per run, before the first fan-out,
         so parallel evaluations never time them twice."""
-        if self._baselines is None and hasattr(self.evaluator, "baselines"):
+        wanted = not self.context.target.interpreter and hasattr(self.evaluator, "baselines")
+        if self._baselines is None and wanted:
             self._baselines = self.evaluator.baselines()
             self.tree.baselines = self._baselines
         return self._baselines

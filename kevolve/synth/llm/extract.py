@@ -89,7 +89,8 @@ def _complete_prefix(code: str, entry_point: str) -> str | None:
     """A block cut off by the token limit: the whole of it if it parses, else its longest run of
     complete top-level statements, as long as that defines the entry point."""
     lines = code.splitlines(keepends=True)
-    cuts = [len(lines)] + [i for i in range(len(lines) - 1, 0, -1) if lines[i][:1] not in ("", " ", "\t", "\n", ")", "]", "}")]
+    top_level = [i for i in range(len(lines) - 1, 0, -1) if lines[i][:1] not in ("", " ", "\t", "\n", ")", "]", "}")]
+    cuts = [len(lines), *top_level]
     for cut in cuts:
         prefix = "".join(lines[:cut])
         if defines(prefix, entry_point):

@@ -2,8 +2,9 @@
 
 A reply with no usable code still becomes a candidate, holding what came closest (its last code
 block, else the reply) and a note that says why it is unusable; the evaluator rejects it with the
-precise error, and its children's prompts carry both, so the model sees what went wrong. An endpoint that is down raises LLMUnavailable (the run stops and can
-be resumed); nothing is invented in its place.
+precise error, and its children's prompts carry both, so the model sees what went wrong. An
+endpoint that is down raises LLMUnavailable (the run stops and can be resumed); nothing is
+invented in its place.
 """
 
 from __future__ import annotations
