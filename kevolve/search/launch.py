@@ -3,6 +3,7 @@ settings: which spec file, which target, which synthesizer, new run or resumed o
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from dataclasses import dataclass, field
 from typing import Any, Mapping
@@ -52,6 +53,12 @@ def plan_run(spec: str | None, *, target: str | None = None, llm: str | None = N
     url = llm or default_llm_url()
     if offline:
         notes.append("offline synthesizer (templates + transformations), as asked by --offline")
+    elif importlib.util.find_spec("openai") is None:
+        if llm:
+            raise ConfigError("the LLM synthesizer needs the openai package: pip install 'openai>=1.40' "
+                              "(or run with --offline)")
+        notes.append("the openai package is not installed: using the offline synthesizer (templates + "
+                     "transformations); pip install 'openai>=1.40' to use an LLM")
     else:
         served = llm_answers(url)
         if served:
