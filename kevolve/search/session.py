@@ -75,6 +75,7 @@ class SearchSession:
         self._started = time.monotonic()
         self._baselines: Baselines | None = None
         self._owns_evaluator = False
+        self._confirmed: list[Node] = []  # re-measured this round
 
     # Opening ----------------------------------------------------------------------------------
     @staticmethod
@@ -222,7 +223,7 @@ class SearchSession:
         score = confirmed_fitness(node.evaluation, again, self.config.baseline, self.config.noise, self.baselines)
         self.store.record_evaluation(self.run_id, node.id, "remeasure", self.number, again, score)
         node = self.tree.set_remeasure(node.id, again, score)
-        self.policy.update(self.tree, [node], node.round)  # the confirmed figure backs up
+        self._confirmed.append(node)  # the policy takes in the confirmed figure with the round
         if self.best() is not None and self.best().id == node.id:
             emit(Event("promoted", f"new best #{node.id}" + (f": fitness {score:.3g}" if score != 1.0 else ""),
                        len(self.tree.evaluated()), self.config.budget))
@@ -244,7 +245,9 @@ class SearchSession:
             self.store.record_llm_usage(self.run_id, self.number, self.synthesizer.client.model, meter.take())
 
     def end_round(self, nodes: Sequence[Node]) -> None:
-        self.policy.update(self.tree, [self.tree.get(n.id) for n in nodes], self.round)
+        ids = dict.fromkeys([n.id for n in nodes] + [n.id for n in self._confirmed])
+        self._confirmed.clear()
+        self.policy.update(self.tree, [self.tree.get(i) for i in ids], self.round)
         self.round += 1
         best = self.best()
         self.store.update_progress(self.run_id, elapsed_s=self.elapsed_s, rounds=self.round,
