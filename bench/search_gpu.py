@@ -151,9 +151,9 @@ def main() -> int:
     p.add_argument("--out", default=os.environ.get("OUT") or str(REPO / "bench" / "results"))
     args = p.parse_args()
     os.environ.setdefault("KEVOLVE_HOME", tempfile.mkdtemp(prefix="kevolve-search-gpu-"))
-    for key, value in {"PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_LOGGING_LEVEL": "WARNING",
-                       "PREFECT_SERVER_LOGGING_LEVEL": "CRITICAL", "PREFECT_LOGGING_ROOT_LEVEL": "CRITICAL"}.items():
-        os.environ.setdefault(key, value)
+    from flows import configure_prefect
+
+    configure_prefect()
 
     import torch
 

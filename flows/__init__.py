@@ -1,1 +1,20 @@
 """Prefect flows: each composes the tasks of tasks/ over the engine's stage functions."""
+
+import os
+
+# Prefect's console logs and its temporary server's shutdown chatter would drown a run's own
+# progress and report; its temporary server migrates a fresh database before it answers, slow on
+# a busy machine. Prefect reads these when it is imported; a user's own settings win.
+PREFECT_DEFAULTS = {
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "PREFECT_LOGGING_LEVEL": "WARNING",
+    "PREFECT_SERVER_LOGGING_LEVEL": "CRITICAL",
+    "PREFECT_LOGGING_ROOT_LEVEL": "CRITICAL",
+    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
+}
+
+
+def configure_prefect() -> None:
+    """Apply PREFECT_DEFAULTS where unset; call before anything imports prefect."""
+    for key, value in PREFECT_DEFAULTS.items():
+        os.environ.setdefault(key, value)

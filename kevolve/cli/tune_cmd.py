@@ -8,23 +8,10 @@ same --run-name, or --resume RUN_ID, picks a stopped run up where it stopped.
 from __future__ import annotations
 
 import importlib.util
-import os
 import sys
 from typing import Any
 
 from kevolve.errors import KevolveError
-
-# Prefect's console logs and its temporary server's shutdown chatter would drown the progress
-# bar; the run's own report says what happened. Set before prefect is imported; a user's
-# settings win.
-_PREFECT_QUIET = {
-    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-    "PREFECT_LOGGING_LEVEL": "WARNING",
-    "PREFECT_SERVER_LOGGING_LEVEL": "CRITICAL",
-    "PREFECT_LOGGING_ROOT_LEVEL": "CRITICAL",
-    # Its temporary server migrates a fresh database before it answers: slow on a busy machine.
-    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
-}
 
 # argparse destination -> SearchConfig field, for the limits a resumed run may change too
 _SEARCH_ARGS = {
@@ -77,8 +64,10 @@ def tune(args) -> int:
     if orchestrated and importlib.util.find_spec("prefect") is None:
         raise KevolveError("prefect is not installed: pip install 'prefect==3.8.8', or run the same loop "
                            "without orchestration with --no-prefect")
-    for key, value in _PREFECT_QUIET.items():
-        os.environ.setdefault(key, value)
+    if orchestrated:
+        from flows import configure_prefect
+
+        configure_prefect()
 
     from kevolve.search.progress import listening
 
