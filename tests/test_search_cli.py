@@ -83,8 +83,8 @@ def test_sigkill_mid_search_then_the_same_command_resumes(env, tmp_path):
         command = [sys.executable, "-m", "kevolve", "tune", "softmax", "--llm", server.url, "--budget", "6",
                    "--run-name", "killed", "--no-knowledge", "--expansions", "2", "--children", "2",
                    "--no-prefect"]
-        # its own process group: the kill takes the evaluation workers down with it, as a power
-        # cut would
+        # killed with its whole process group, as a power cut would (the harness's workers, in
+        # sessions of their own, end when their parent's pipe closes; they never write the store)
         proc = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                 start_new_session=True)
         deadline = time.monotonic() + 240
