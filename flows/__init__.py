@@ -2,14 +2,14 @@
 
 import os
 
-# Prefect's console logs and its temporary server's shutdown chatter would drown a run's own
-# progress and report; its temporary server migrates a fresh database before it answers, slow on
-# a busy machine. Prefect reads these when it is imported; a user's own settings win.
+# Prefect's console logs (a task's failure comes with a traceback) and its temporary server's
+# shutdown chatter would drown a run's own progress and one-line errors; the logs still reach the
+# Prefect API and its UI. The temporary server migrates a fresh database before it answers, slow
+# on a busy machine. Prefect reads these when it is imported; a user's own settings win.
 PREFECT_DEFAULTS = {
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-    "PREFECT_LOGGING_LEVEL": "WARNING",
+    "PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL": "CRITICAL",
     "PREFECT_SERVER_LOGGING_LEVEL": "CRITICAL",
-    "PREFECT_LOGGING_ROOT_LEVEL": "CRITICAL",
     "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
 }
 
