@@ -279,6 +279,9 @@ class SearchSession:
     def close(self) -> None:
         if self._owns_evaluator:
             self.evaluator.close()
+        close_knowledge = getattr(self.context.knowledge, "close", None)
+        if close_knowledge is not None:
+            close_knowledge()
         self.store.close()
 
     def summary(self, reason: str) -> RunSummary:
