@@ -17,6 +17,7 @@ markdown. A CPU smoke run: TRITON_INTERPRET=1 python3 bench/search_gpu.py --targ
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import sys
@@ -163,12 +164,7 @@ def main() -> int:
     results = []
     with FakeOpenAI(_cycle(prepared_answers())) as server:
         results.append(dump(run_search(args, server.url, offline=False)))
-    try:
-        import kevolve.synth.offline  # noqa: F401
-        have_offline = True
-    except ImportError:
-        have_offline = False
-    if args.offline_budget and have_offline:
+    if args.offline_budget and importlib.util.find_spec("kevolve.synth.offline") is not None:
         results.append(dump(run_search(args, None, offline=True)))
     text = markdown(results, device)
     found = problems(results)

@@ -1,27 +1,32 @@
 """The loop as Prefect runs it: each stage a task, evaluations fanned out, retries for an
-endpoint that is down (never for a kernel that fails)."""
+endpoint that is down (never for a kernel that fails); and `kevolve tune`, which runs the flow."""
 
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 import pytest
 
+from conftest import run_cli
 from kevolve.errors import LLMUnavailable
 from kevolve.search.launch import plan_run
 from kevolve.search.store import SearchStore
 from kevolve.specs import resolve_spec
-from searchkit import FakeOpenAI, InterpreterEvaluator, Reply, Status, broken_softmax, fenced, softmax_kernel
+from searchkit import (FakeOpenAI, InterpreterEvaluator, Reply, Status, broken_softmax, fenced, free_url,
+                       softmax_kernel)
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
 def prefect():
+    """A Prefect API for the module, started once; `kevolve tune` in a subprocess uses it too."""
+    from prefect.settings import PREFECT_API_URL
     from prefect.testing.utilities import prefect_test_harness
 
     with prefect_test_harness(server_startup_timeout=120):
-        yield
+        yield PREFECT_API_URL.value()
 
 
 def test_tune_operator_runs_every_stage_as_a_task(prefect):
@@ -64,7 +69,6 @@ def test_an_endpoint_that_is_down_is_retried_by_the_task_then_stops_the_run(pref
     from tasks import task_stages
 
     spec = resolve_spec("softmax")
-    state = {"calls": 0}
 
     def answer(body, i):  # the first round is answered; then the endpoint fails for good
         return Reply(fenced(softmax_kernel(rows=1 + i % 4, warps=4))) if i < 2 else Status(503, "restarting")
@@ -84,3 +88,18 @@ def test_an_endpoint_that_is_down_is_retried_by_the_task_then_stops_the_run(pref
     with SearchStore() as store:
         run = store.run("down")
         assert run.status == "stopped" and len(store.evaluations("down")) >= 2
+
+
+def test_kevolve_tune_without_an_llm_uses_the_offline_synthesizer_through_the_flow(prefect, monkeypatch):
+    monkeypatch.setenv("PREFECT_API_URL", prefect)
+    monkeypatch.setenv("KEVOLVE_LLM_URL", free_url())  # no LLM answers at the default address
+    result = run_cli("tune", "softmax", "--budget", "2", "--no-knowledge")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "no LLM answering at http://127.0.0.1:" in result.stderr
+    assert "using the offline synthesizer" in result.stderr and "Traceback" not in result.stderr
+    assert "evaluated 2" in result.stdout
+    outputs = Path(result.stdout.split("outputs: ")[1].split(" (")[0])
+    assert (outputs / "summary.md").is_file() and (outputs / "tree.json").is_file()
+    assert "synthesizer: offline" in (outputs / "summary.md").read_text()
+    listing = run_cli("tune", "--list")
+    assert outputs.name in listing.stdout and "finished" in listing.stdout

@@ -144,15 +144,6 @@ def test_the_prompt_carries_spec_target_knowledge_parent_and_memory():
     assert "COMPILE ERROR" in failed["content"] and "SyntaxError: '(' was never closed" in failed["content"]
 
 
-def test_kernelbench_prompt_asks_for_modelnew(tmp_path):
-    from conftest import FIXTURES
-
-    spec = resolve_spec(str(FIXTURES / "kernelbench" / "relu_problem.py"))
-    system, user = build_messages(request(spec=spec, parent=None, history=(), siblings=()))
-    assert "`class ModelNew(torch.nn.Module)`" in system["content"]
-    assert "class Model(nn.Module)" in user["content"]
-
-
 def test_synthesizer_turns_each_reply_into_a_candidate():
     answers = answer_in_turn(
         Reply(fenced(softmax_kernel(rows=4), prose="Four rows per program to cut launches.")),

@@ -39,7 +39,7 @@ def test_bare_code_and_tildes_and_tags():
     assert extract_code(f"~~~python\n{KERNEL}~~~", "softmax") == KERNEL
     # a block in another language is not Python
     with pytest.raises(ExtractionError, match="no ```python code block|no code block"):
-        extract_code(f"```cuda\n__global__ void softmax() {{}}\n```", "softmax")
+        extract_code("```cuda\n__global__ void softmax() {}\n```", "softmax")
     blocks = code_blocks(f"```python\n{KERNEL}```\ntext\n```\n{SKETCH}")
     assert [(b.language, b.closed) for b in blocks] == [("python", True), ("", False)]
 

@@ -1,5 +1,5 @@
-"""`kevolve tune` and `kevolve llm` as a user runs them: in a fresh process, through the Prefect
-flow by default; killed with SIGKILL mid-search and resumed."""
+"""`kevolve tune` and `kevolve llm` as a user runs them, in a fresh process; a run killed with
+SIGKILL mid-search and resumed. (`kevolve tune` through the Prefect flow: test_flow_tune.py.)"""
 
 from __future__ import annotations
 
@@ -19,30 +19,10 @@ from searchkit import FakeOpenAI, Reply, fenced, free_url, softmax_kernel
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def prefect_home(tmp_path_factory):
-    """One Prefect home for the module's runs, so its database is migrated once."""
-    return tmp_path_factory.mktemp("prefect-home")
-
-
 @pytest.fixture
-def env(prefect_home, monkeypatch):
-    monkeypatch.setenv("PREFECT_HOME", str(prefect_home))
+def env(monkeypatch):
     monkeypatch.setenv("KEVOLVE_LLM_URL", free_url())  # no LLM answers at the default address
     return {**os.environ, "PYTHONPATH": str(REPO)}
-
-
-def test_tune_without_an_llm_uses_the_offline_synthesizer_through_the_flow(env):
-    result = run_cli("tune", "softmax", "--budget", "2", "--no-knowledge")
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "no LLM answering at http://127.0.0.1:" in result.stderr
-    assert "using the offline synthesizer" in result.stderr and "Traceback" not in result.stderr
-    assert "evaluated 2" in result.stdout
-    outputs = Path(result.stdout.split("outputs: ")[1].split(" (")[0])
-    assert (outputs / "summary.md").is_file() and (outputs / "tree.json").is_file()
-    assert "synthesizer: offline" in (outputs / "summary.md").read_text()
-    listing = run_cli("tune", "--list")
-    assert outputs.name in listing.stdout and "finished" in listing.stdout
 
 
 def test_an_llm_named_but_unreachable_is_one_clear_line(env):

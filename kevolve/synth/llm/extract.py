@@ -104,8 +104,8 @@ def _why_not(text: str, blocks: list[Block], entry_point: str) -> str:
     if not blocks:
         return f"the reply has no ```python code block defining `{entry_point}`"
     if not any(b.closed for b in blocks):
-        return (f"the reply was cut off inside its code block and what arrived does not parse; "
-                f"keep the module shorter")
+        return ("the reply was cut off inside its code block and what arrived does not parse; "
+                "keep the module shorter")
     return f"no code block in the reply parses as Python and defines `{entry_point}`"
 
 
