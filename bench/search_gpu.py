@@ -21,7 +21,6 @@ import importlib.util
 import json
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -151,7 +150,8 @@ def main() -> int:
     p.add_argument("--no-prefect", action="store_true")
     p.add_argument("--out", default=os.environ.get("OUT") or str(REPO / "bench" / "results"))
     args = p.parse_args()
-    os.environ.setdefault("KEVOLVE_HOME", tempfile.mkdtemp(prefix="kevolve-search-gpu-"))
+    # The harness bench's state folder: baselines it timed there are reused, not timed again.
+    os.environ.setdefault("KEVOLVE_HOME", "/tmp/kevolve-home")
     from flows import configure_prefect
 
     configure_prefect()
