@@ -81,6 +81,7 @@ def tune_without_prefect(spec: str | None = None, **options: Any) -> RunSummary:
 
 PREFECT = importlib.util.find_spec("prefect") is not None
 
+
 def _tune_operator(spec: str | None = None, target: str | None = None, llm: str | None = None,
                    offline: bool = False, run_name: str | None = None, resume: str | None = None,
                    search: dict[str, Any] | None = None, knowledge: bool = True,
