@@ -15,8 +15,10 @@ from kevolve.candidate import Candidate
 from kevolve.evaluate.result import Evaluation
 from kevolve.hardware.calibrate import Ceilings
 from kevolve.hardware.target import HardwareTarget
+from kevolve.errors import KevolveError
 from kevolve.knowledge.types import Skill
 from kevolve.search.policies import Expansion, Policy
+from kevolve.search.progress import Event, emit
 from kevolve.search.tree import Node, SearchTree
 from kevolve.specs.model import Dims, OperatorSpec
 from kevolve.synth.base import Attempt, SynthesisRequest, Synthesizer
@@ -54,8 +56,11 @@ def retrieve(context: RunContext, tree: SearchTree, expansion: Expansion) -> Syn
     skills: tuple[Skill, ...] = ()
     if context.knowledge is not None:
         diagnosis = parent.evaluation.diagnosis if parent is not None and parent.evaluation else None
-        docs = tuple(context.knowledge.retrieve(context.spec, context.target, diagnosis, k=RETRIEVED_DOCS))
-        skills = tuple(context.knowledge.skills_for(context.spec, context.target))
+        try:
+            docs = tuple(context.knowledge.retrieve(context.spec, context.target, diagnosis, k=RETRIEVED_DOCS))
+            skills = tuple(context.knowledge.skills_for(context.spec, context.target))
+        except KevolveError as exc:  # the notes help; a search without them still goes on
+            emit(Event("note", f"no retrieval this round: {exc.message}"))
     return SynthesisRequest(
         spec=context.spec, target=context.target, ceilings=context.ceilings, memory_mode=expansion.memory_mode,
         parent=tree.attempt(parent) if parent is not None else None, history=history, siblings=siblings,
