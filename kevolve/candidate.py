@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import ast
 import hashlib
-import threading
 from dataclasses import dataclass, field
 from typing import Any, Mapping
+
+from kevolve.syntax import parse_source
 
 
 @dataclass(frozen=True)
@@ -45,18 +46,6 @@ class Candidate:
     @property
     def code_hash(self) -> str:
         return code_hash(self.code)
-
-
-_AST_LOCK = threading.Lock()
-
-
-def parse_source(code: str) -> ast.Module:
-    """`ast.parse`, one thread at a time. CPython 3.11 keeps the AST constructor's recursion depth
-    in shared state: a thread switch inside a parse (a finalizer run by the garbage collector is
-    enough) fails a concurrent parse with "AST constructor recursion depth mismatch". Candidates
-    are hashed and checked from several threads at once, so every parse of their code goes here."""
-    with _AST_LOCK:
-        return ast.parse(code)
 
 
 def normalise_code(code: str) -> str:

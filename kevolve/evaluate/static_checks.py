@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from kevolve.candidate import parse_source
 from kevolve.evaluate.result import Check
+from kevolve.syntax import parse_source
 
 SUPPORTED_LANGUAGES = ("triton",)
 MAX_SOURCE_CHARS = 200_000
@@ -102,7 +102,7 @@ def static_checks(code: str, entry_point: str, language: str = "triton") -> tupl
     if len(code) > MAX_SOURCE_CHARS:
         return (Check("static.syntax", False, f"{len(code)} characters; at most {MAX_SOURCE_CHARS}"),)
     try:
-        tree = parse_source(code)  # one thread at a time: the search checks candidates from several
+        tree = parse_source(code)  # one parse at a time across threads: see kevolve/syntax.py
     except SyntaxError as exc:
         return (Check("static.syntax", False, f"line {exc.lineno}: {exc.msg}"),)
     visitor = _Visitor()

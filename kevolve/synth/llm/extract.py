@@ -14,8 +14,8 @@ import ast
 import re
 from dataclasses import dataclass
 
-from kevolve.candidate import parse_source
 from kevolve.errors import KevolveError
+from kevolve.syntax import parse_source
 
 _FENCE = re.compile(r"^[ \t]*(```+|~~~+)[ \t]*([\w+-]*)[^\n]*$", re.MULTILINE)
 _PYTHON_TAGS = {"", "python", "py", "python3", "triton"}
