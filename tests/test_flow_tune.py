@@ -91,7 +91,6 @@ def test_an_endpoint_that_is_down_is_retried_by_the_task_then_stops_the_run(pref
 
 
 def test_kevolve_tune_without_an_llm_uses_the_offline_synthesizer_through_the_flow(prefect, monkeypatch):
-    pytest.importorskip("kevolve.synth.offline", reason="the offline synthesizer is not merged yet")
     monkeypatch.setenv("PREFECT_API_URL", prefect)
     monkeypatch.setenv("KEVOLVE_LLM_URL", free_url())  # no LLM answers at the default address
     result = run_cli("tune", "softmax", "--budget", "2", "--no-knowledge")
