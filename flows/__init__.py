@@ -18,3 +18,6 @@ def configure_prefect() -> None:
     """Apply PREFECT_DEFAULTS where unset; call before anything imports prefect."""
     for key, value in PREFECT_DEFAULTS.items():
         os.environ.setdefault(key, value)
+    home = os.environ.get("PREFECT_HOME")
+    if home:  # Prefect creates its home but not the folders above it (make sets it in $KEVOLVE_HOME)
+        os.makedirs(os.path.expanduser(home), exist_ok=True)

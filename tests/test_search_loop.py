@@ -243,3 +243,16 @@ class ModelNew(torch.nn.Module):
         _relu[(triton.cdiv(n, BLOCK),)](x, y, n, BLOCK=BLOCK)
         return y
 '''
+
+
+def test_retrieved_notes_reach_the_prompts_and_the_report(spec, monkeypatch):
+    monkeypatch.setenv("KEVOLVE_EMBEDDING", "hashing")  # the light embedding: no model weights
+    with FakeOpenAI(kernel_script(duplicate_at=-1)) as server:
+        plan = plan_run("softmax", llm=server.url, search={"budget": 2, "seeds": 2})
+        summary = tune(plan, evaluator=InterpreterEvaluator(spec))
+        prompts = server.user_prompts()
+    assert summary.retrieved and all(count == 2 for _, count in summary.retrieved)  # both seeds' prompts
+    sources = [source for source, _ in summary.retrieved]
+    assert all(f"({source})" in prompts[0] for source in sources)
+    report = (Path(summary.outputs) / "summary.md").read_text()
+    assert "Retrieved for the prompts" in report and f"- {sources[0]} (2)" in report

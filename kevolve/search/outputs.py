@@ -127,6 +127,9 @@ def summary_markdown(summary: Any, settings: TuneSettings, best: Node | None, tr
         lines.append(f"- LLM: {u.requests} requests ({u.failures} unusable), {u.prompt_tokens} prompt + "
                      f"{u.completion_tokens} completion tokens")
     lines += [f"- note: {n}" for n in summary.notes]
+    if summary.retrieved:
+        lines += ["", "Retrieved for the prompts (source, times):"]
+        lines += [f"- {source} ({count})" for source, count in summary.retrieved]
     outcomes: dict[str, int] = {}
     for n in tree:
         key = n.evaluation.outcome.value if n.evaluation else "pending"

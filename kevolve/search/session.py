@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import time
 import uuid
+from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Mapping, Sequence
@@ -26,7 +27,7 @@ from kevolve.search.stages import RunContext
 from kevolve.search.store import ExpansionRow, RunRecord, SearchStore
 from kevolve.search.termination import Progress, stop_reason
 from kevolve.search.tree import Node, SearchTree
-from kevolve.synth.base import Attempt
+from kevolve.synth.base import Attempt, SynthesisRequest
 from kevolve.synth.llm.client import Usage
 
 
@@ -46,6 +47,7 @@ class RunSummary:
     outputs: str  # the folder with best_kernel.py, path.md, tree.json, ...
     notes: tuple[str, ...] = ()
     llm: Usage = Usage()
+    retrieved: tuple[tuple[str, int], ...] = ()  # (document source, times in a prompt), this session
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -76,6 +78,7 @@ class SearchSession:
         self._baselines: Baselines | None = None
         self._owns_evaluator = False
         self._confirmed: list[Node] = []  # re-measured this round
+        self._retrieved: Counter[str] = Counter()
 
     # Opening ----------------------------------------------------------------------------------
     @staticmethod
@@ -173,6 +176,11 @@ class SearchSession:
             self.policy.update(self.tree, [n for n in self.tree if n.round == r and n.evaluated], r)
 
     # Writing ----------------------------------------------------------------------------------
+    def record_retrieval(self, requests: Sequence[SynthesisRequest]) -> None:
+        """Which documents the knowledge base handed the synthesizer, for the run's report."""
+        for request in requests:  # each candidate asked for is a prompt of its own
+            self._retrieved.update({doc.source: request.n for doc in request.knowledge})
+
     def add_children(self, expansions: Sequence[Expansion], proposals: Sequence[Sequence[Candidate]]) -> list[Node]:
         """Persist each new candidate as a node (before it is evaluated); drop duplicates."""
         added: list[Node] = []
@@ -292,7 +300,8 @@ class SearchSession:
             evaluations=len(self.tree.evaluated()), correct=sum(1 for n in self.tree if n.correct),
             best_node=best.id if best else None, best_fitness=best.fitness if best else None,
             best_speedup=self.best_speedup(), outputs=str(outputs.run_dir(self.run_id)),
-            notes=tuple(self.notes), llm=self.store.llm_usage(self.run_id))
+            notes=tuple(self.notes), llm=self.store.llm_usage(self.run_id),
+            retrieved=tuple(self._retrieved.most_common()))
 
     def _record_best_kernel(self, best: Node | None) -> None:
         kb = self.context.knowledge
