@@ -187,7 +187,7 @@ def tune_spec(path: Path, pattern: str, target, pool) -> dict:
         if synth is not None:
             from kevolve.synth.base import Attempt, SynthesisError, SynthesisRequest
 
-            request = SynthesisRequest(spec=spec, target=target, ceilings=judge.ceilings(), n=6)
+            request = SynthesisRequest(spec=spec, target=target, ceilings=judge.ceilings, n=6)
             try:
                 evaluate(synth.propose(request))
                 correct = [(c, e) for c, e in judged if e.correct and e.timing is not None]
