@@ -21,11 +21,15 @@ from kevolve.search.stages import Stages, engine_stages
 from kevolve.search.tree import Node
 
 
+MAX_IDLE_ROUNDS = 3  # rounds in a row whose proposals were all duplicates: the space is spent
+
+
 def search_loop(session: SearchSession, stages: Stages) -> RunSummary:
     try:
         evaluate(session, stages, session.tree.pending())  # in flight when the last session stopped
         promote(session, stages)
         session.replay()
+        idle_rounds = 0
         while (reason := session.stop_reason()) is None:
             expansions = stages.select(session.policy, session.tree, session.round)
             if not expansions:
@@ -39,6 +43,10 @@ def search_loop(session: SearchSession, stages: Stages) -> RunSummary:
             evaluate(session, stages, children)
             promote(session, stages)
             session.end_round(children)
+            idle_rounds = 0 if children else idle_rounds + 1
+            if idle_rounds >= MAX_IDLE_ROUNDS:  # every proposal was already in the tree
+                reason = f"nothing new proposed in {idle_rounds} rounds: the synthesizer has run dry here"
+                break
         return session.finish(reason)
     except BaseException as exc:  # an endpoint down, a crash, Ctrl-C: the run stays resumable
         session.stop(exc)

@@ -256,3 +256,13 @@ def test_retrieved_notes_reach_the_prompts_and_the_report(spec, monkeypatch):
     assert all(f"({source})" in prompts[0] for source in sources)
     report = (Path(summary.outputs) / "summary.md").read_text()
     assert "Retrieved for the prompts" in report and f"- {sources[0]} (2)" in report
+
+
+def test_a_synthesizer_that_only_repeats_itself_ends_the_run(spec):
+    # Every answer is the same kernel: after the first, each proposal is a duplicate, which is
+    # never evaluated again; the run must end rather than ask forever.
+    evaluator = InterpreterEvaluator(spec)
+    with FakeOpenAI(lambda body, i: Reply(fenced(FAST_VARIANTS[0], "Same as before."))) as server:
+        summary = run_search(server.url, evaluator=evaluator, policy="greedy", budget=20)
+    assert summary.evaluations == 1 and "nothing" in summary.reason
+    assert len(evaluator.evaluated) == 1
