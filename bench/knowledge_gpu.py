@@ -9,6 +9,12 @@ the offline synthesizer does not read retrieved documents). Nothing to install o
 
     python3 bench/knowledge_gpu.py [--budget 16] [--policy mcts]
 
+Each run takes a few minutes on an H100; to stay inside a 10-minute command, split them over
+commands that share a state folder (the machine keeps /tmp between back-to-back commands):
+
+    python3 bench/knowledge_gpu.py --state /tmp/kg --runs softmax,with
+    python3 bench/knowledge_gpu.py --state /tmp/kg --runs without
+
 Writes knowledge_gpu.json and knowledge_gpu.md under $OUT (default bench/results/) and prints the
 markdown. A CPU smoke run of the pipeline (no speeds there, so no skills and no counts):
 TRITON_INTERPRET=1 python3 bench/knowledge_gpu.py --budget 4
@@ -101,12 +107,8 @@ def compare(with_kb: dict, without: dict) -> dict:
     return out
 
 
-def markdown(device: str, runs: list[dict], verdict: dict, skills: list[dict]) -> str:
-    lines = [f"# Learning across runs on {device}", ""]
-    for run in runs:
-        lines.append(f"- {run['spec']} ({'with' if run['knowledge'] else 'without'} knowledge): {run['reason']}; "
-                     f"{run['evaluations']} evaluations, best speedup {run['best_speedup']}, {run['seconds']} s "
-                     f"(run {run['run_id']})")
+def _verdict_lines(verdict: dict) -> list[str]:
+    lines: list[str] = []
     w, wo = verdict["with_knowledge"], verdict["without_knowledge"]
     lines += ["", f"log_softmax: evaluations to reach {GOAL:.0%} of the best speedup of either run "
               f"({verdict['common_best_speedup']}):", "",
@@ -115,6 +117,19 @@ def markdown(device: str, runs: list[dict], verdict: dict, skills: list[dict]) -
     for name, row in (("with skills and prior kernel", w), ("without", wo)):
         lines.append(f"| {name} | {row['best_speedup']} | {row['to_95pct_of_common_best']} | "
                      f"{row['to_95pct_of_own_best']} | {'; '.join(row['first_children']).replace('|', '/')} |")
+    return lines
+
+
+def markdown(device: str, runs: list[dict], verdict: dict, skills: list[dict]) -> str:
+    lines = [f"# Learning across runs on {device}", ""]
+    for run in runs:
+        lines.append(f"- {run['spec']} ({'with' if run['knowledge'] else 'without'} knowledge): {run['reason']}; "
+                     f"{run['evaluations']} evaluations, best speedup {run['best_speedup']}, {run['seconds']} s "
+                     f"(run {run['run_id']})")
+    if not verdict:
+        lines += ["", "log_softmax with and without knowledge: not both run yet."]
+    else:
+        lines += _verdict_lines(verdict)
     lines += ["", "Skills in the knowledge base after the runs:", ""]
     lines += [f"- {s['id']} {s['operators']}: {', '.join(s['transforms'])} ({s['before_ms']:.4g} -> "
               f"{s['after_ms']:.4g} ms, {s['gain']}x; {s['successes']} paid, {s['failures']} not)" for s in skills]
@@ -129,29 +144,47 @@ def markdown(device: str, runs: list[dict], verdict: dict, skills: list[dict]) -
     return "\n".join(lines) + "\n"
 
 
+RUNS = {  # name: (spec, with the knowledge base)
+    "softmax": ("softmax", True),
+    "with": ("log_softmax", True),
+    "without": ("log_softmax", False),
+}
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--target", default=None, help="default: this machine's")
     p.add_argument("--policy", default="mcts")
     p.add_argument("--budget", type=int, default=16, help="evaluations per run")
+    p.add_argument("--runs", default="softmax,with,without",
+                   help="which of softmax,with,without to run now (the report covers all done so far)")
+    p.add_argument("--state", default=None,
+                   help="state folder kept between commands (default: a fresh temporary one)")
     p.add_argument("--out", default=os.environ.get("OUT") or str(REPO / "bench" / "results"))
     args = p.parse_args()
     # A fresh state: the first run starts with no skills; the embedding needs no model weights.
-    os.environ["KEVOLVE_HOME"] = tempfile.mkdtemp(prefix="kevolve-knowledge-gpu-")
+    state = Path(args.state or tempfile.mkdtemp(prefix="kevolve-knowledge-gpu-"))
+    state.mkdir(parents=True, exist_ok=True)
+    os.environ["KEVOLVE_HOME"] = str(state)
     os.environ.setdefault("KEVOLVE_EMBEDDING", "hashing")
 
     import torch
 
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu (Triton interpreter)"
-    first = search("softmax", args, knowledge=True)
-    learnt = skills_table()
-    with_kb = search("log_softmax", args, knowledge=True)
-    without = search("log_softmax", args, knowledge=False)
-    verdict = compare(with_kb, without)
-    runs = [first, with_kb, without]
+    for name in [r for r in args.runs.split(",") if r]:
+        spec, knowledge = RUNS[name]
+        summary = search(spec, args, knowledge=knowledge)
+        if name == "softmax":
+            summary["skills_after"] = skills_table()
+        (state / f"knowledge_gpu_{name}.json").write_text(json.dumps(summary, indent=1, default=str))
+    done = {name: json.loads((state / f"knowledge_gpu_{name}.json").read_text())
+            for name in RUNS if (state / f"knowledge_gpu_{name}.json").is_file()}
+    runs = list(done.values())
+    verdict = compare(done["with"], done["without"]) if {"with", "without"} <= set(done) else {}
     text = markdown(device, runs, verdict, skills_table())
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    learnt = done.get("softmax", {}).get("skills_after", [])
     (out / "knowledge_gpu.json").write_text(json.dumps(
         {"device": device, "goal": GOAL, "verdict": verdict, "skills_after_softmax": learnt, "runs": runs},
         indent=1, default=str))
