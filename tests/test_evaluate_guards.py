@@ -223,3 +223,24 @@ def test_triton_refusing_to_compile_is_a_compile_error_and_a_device_fault_retire
 def test_poison_values_are_never_plausible_results():
     assert math.isnan(poison_value(torch.bfloat16))
     assert poison_value(torch.int64) > 2**62 and poison_value(torch.int32) > 2**30
+
+
+def test_tolerance_widens_to_eagers_own_error_and_no_further():
+    import torch
+
+    from kevolve.evaluate.correctness import no_stricter_than_eager
+    from kevolve.specs.model import Tolerance
+
+    tol = Tolerance.for_dtype("float32")
+    exact = torch.randn(1000, dtype=torch.float64) * 30
+    eager = (exact + 5e-4).float()  # PyTorch itself off by 5e-4 (a long fp32 sum, say)
+    wide = no_stricter_than_eager(tol, eager, exact)
+    assert wide.atol >= 1e-3 - 1e-12 and wide.rtol == tol.rtol
+    from kevolve.specs.compare import compare
+
+    assert compare(eager, exact, wide).ok
+    assert not compare(exact.to(torch.bfloat16), exact, wide).ok  # lower precision still fails
+    # An exact eager result changes nothing.
+    assert no_stricter_than_eager(tol, exact.float(), exact) == Tolerance(
+        atol=max(tol.atol, 2 * float((exact.float().double() - exact).abs().max())), rtol=tol.rtol,
+        max_rel_l2=tol.max_rel_l2)
