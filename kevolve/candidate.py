@@ -34,6 +34,7 @@ class Origin:
     model: str | None = None  # LLM: the model that answered
     memory_mode: str | None = None  # inherit | siblings | restart
     note: str = ""  # one line: what changed and why
+    skill_id: str | None = None  # the learnt skill whose change this applies, if one led to it
 
 
 @dataclass(frozen=True)

@@ -69,6 +69,12 @@ def test_skills_from_softmax_lead_the_first_children_for_log_softmax(monkeypatch
                        evaluator=ModelledDevice(resolve_spec("log_softmax")))
     tried = first_children(with_skills.run_id)
     assert tuple(map(str, tried[0].transforms)) in learnt and tried[0].note.startswith("skill ")
+    # The child made from the skill was credited to it, paid or not.
+    assert tried[0].skill_id in {s.id for s in skills}
+    with KnowledgeBase.open() as kb:
+        used = {s.id: s for s in kb.skills()}[tried[0].skill_id]
+    before = {s.id: s for s in skills}[tried[0].skill_id]
+    assert used.successes + used.failures > before.successes + before.failures
 
     without = tune(plan_run("log_softmax", offline=True, knowledge=False, search=SEARCH),
                    evaluator=ModelledDevice(resolve_spec("log_softmax")))

@@ -182,6 +182,7 @@ def test_skills_are_tried_first_when_they_apply():
                   transforms=(Transform("SPLIT_K", 2),), motivation="", before_ms=1, after_ms=0.5)
     out = OfflineSynthesizer().propose(request(spec, H100, parent=attempt(parent), skills=(alien, skill), n=2))
     assert out[0].origin.transforms == skill.transforms and "skill ce-wide" in out[0].origin.note
+    assert out[0].origin.skill_id == "ce-wide" and out[1].origin.skill_id is None
     assert all(t.name != "SPLIT_K" for c in out for t in c.origin.transforms)
 
 

@@ -8,6 +8,7 @@ policy in step with the store, and decides (through termination.py) when the run
 from __future__ import annotations
 
 import dataclasses
+import logging
 import time
 import uuid
 from collections import Counter
@@ -29,6 +30,8 @@ from kevolve.search.termination import Progress, stop_reason
 from kevolve.search.tree import Node, SearchTree
 from kevolve.synth.base import Attempt, SynthesisRequest
 from kevolve.synth.llm.client import Usage
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -216,11 +219,26 @@ class SearchSession:
         score = fitness(evaluation, self.config.baseline, self.baselines)
         self.store.record_evaluation(self.run_id, node.id, "first", self.number, evaluation, score)
         node = self.tree.set_evaluation(node.id, evaluation, score)
+        self._credit_skill(node)
         done = len(self.tree.evaluated())
         emit(Event("evaluated", f"#{node.id} {evaluation.outcome.value}"
                                 + (f" {speedup(evaluation, self.config.baseline, self.baselines):.2f}x"
                                    if timed(evaluation) and score != 1.0 else ""), done, self.config.budget))
         return node
+
+    def _credit_skill(self, node: Node) -> None:
+        """A child made by applying a learnt skill: count whether it paid again (beat its
+        parent), so skills that stop paying sink in the ranking. Only timed results count."""
+        skill_id = node.candidate.origin.skill_id
+        parent = self.tree.parent(node)
+        kb = self.context.knowledge
+        if skill_id is None or kb is None or parent is None or not timed(parent.evaluation):
+            return
+        paid = node.correct and timed(node.evaluation) and (node.fitness or 0) > (parent.fitness or 0)
+        try:
+            kb.record_reuse(skill_id, paid)
+        except Exception as exc:  # the count is bookkeeping: never worth the run
+            log.warning("could not count the reuse of skill %s: %s", skill_id, exc)
 
     def unconfirmed_best(self) -> Node | None:
         """The fittest kernel if it still awaits its re-measure."""

@@ -323,6 +323,7 @@ def origin_to_dict(origin: Origin) -> dict[str, Any]:
         "synthesizer": origin.synthesizer, "family": origin.family, "config": dict(origin.config),
         "transforms": [[t.name, t.value] for t in origin.transforms], "prompt_hash": origin.prompt_hash,
         "model": origin.model, "memory_mode": origin.memory_mode, "note": origin.note,
+        "skill_id": origin.skill_id,
     }
 
 
@@ -331,7 +332,7 @@ def origin_from_dict(d: Mapping[str, Any]) -> Origin:
         synthesizer=d["synthesizer"], family=d.get("family"), config=d.get("config") or {},
         transforms=tuple(Transform(name, value) for name, value in d.get("transforms") or ()),
         prompt_hash=d.get("prompt_hash"), model=d.get("model"), memory_mode=d.get("memory_mode"),
-        note=d.get("note", ""),
+        note=d.get("note", ""), skill_id=d.get("skill_id"),
     )
 
 

@@ -159,6 +159,7 @@ class OfflineSynthesizer:
             avoid |= {config_key(a.origin.config) for a in request.history if a.origin.config}
         if request.memory_mode == "siblings":
             avoid |= {config_key(a.origin.config) for a in request.siblings if a.origin.config}
+        by_skill = {tuple(skill.transforms): skill.id for skill in request.skills}
         out: list[Candidate] = []
         for transforms, note in plans:
             config = apply(parent_config, transforms)
@@ -166,7 +167,8 @@ class OfflineSynthesizer:
             if key in avoid or template.check(config, found.match, request.target, request.spec) is not None:
                 continue
             avoid.add(key)
-            out.append(self._candidate(request, found, template, config, transforms, note))
+            out.append(self._candidate(request, found, template, config, transforms, note,
+                                       skill_id=by_skill.get(tuple(transforms))))
             if len(out) >= max(1, request.n):
                 break
         if not out:
@@ -176,10 +178,12 @@ class OfflineSynthesizer:
 
     # Helpers ---------------------------------------------------------------------------------
     def _candidate(self, request: SynthesisRequest, found: FamilyMatch, template: Template,
-                   config: Mapping[str, Any], transforms: tuple[Transform, ...], note: str) -> Candidate:
+                   config: Mapping[str, Any], transforms: tuple[Transform, ...], note: str,
+                   skill_id: str | None = None) -> Candidate:
         code = template.render(request.spec, found.match, config)
         origin = Origin(synthesizer=self.name, family=found.family, config=dict(config), transforms=tuple(transforms),
-                        memory_mode=request.memory_mode if request.parent is not None else None, note=note)
+                        memory_mode=request.memory_mode if request.parent is not None else None, note=note,
+                        skill_id=skill_id)
         return Candidate(code=code, spec_name=request.spec.name, origin=origin)
 
     def _seed_for(self, request: SynthesisRequest) -> int:
