@@ -96,31 +96,37 @@ def _tune_operator(spec: str | None = None, target: str | None = None, llm: str 
                    search: dict[str, Any] | None = None, knowledge: bool = True,
                    options: dict[str, Any] | None = None) -> dict[str, Any]:
     """Tune one operator: `search` holds SearchConfig fields (policy, budget, wall_time_s,
-    stall_patience, target_speedup, baseline, ...), `options` other TuneSettings fields."""
+    stall_patience, target_speedup, baseline, ...), `options` other TuneSettings fields.
+    Publishes the run's progress, leaderboard, best kernel and speedup plot as artifacts."""
+    from flows.monitoring import ProgressArtifact, publish_outputs
+    from kevolve.search.progress import listening
     from tasks import task_stages
+    from tasks.gpu_slots import gpu_slot
 
     plan = plan_run(spec, target=target, llm=llm, offline=offline, run_name=run_name, resume=resume,
                     search=search, knowledge=knowledge, options=options)
-    summary = tune(plan, task_stages)
-    _publish(summary)
-    return summary.to_dict()
+    with listening(ProgressArtifact(plan.spec_name, plan.target).on_event):
+        summary = tune(plan, task_stages, timing_guard=gpu_slot).to_dict()
+    publish_outputs(summary)
+    return summary
 
 
-def _publish(summary: RunSummary) -> None:
-    """The run's summary as a markdown artifact in the Prefect UI."""
-    import re
-    from pathlib import Path
+def _run_name() -> str:
+    """`tune softmax on h100-sxm`: the flow run's name in the UI."""
+    from prefect.runtime import flow_run
 
-    from prefect.artifacts import create_markdown_artifact
+    from kevolve.search.launch import request_label
 
-    key = re.sub(r"[^a-z0-9-]+", "-", f"tune-{summary.run_id}".lower())[:100]
-    text = (Path(summary.outputs) / "summary.md").read_text()
-    create_markdown_artifact(markdown=text, key=key, description=f"kevolve tune {summary.spec}")
+    p = flow_run.parameters
+    return "tune " + request_label(p.get("spec"), p.get("target"), p.get("resume"))
 
 
 if PREFECT:
     from prefect import flow
 
-    tune_operator = flow(name="tune-operator", persist_result=False)(_tune_operator)
+    from flows.runners import evaluation_runner
+
+    tune_operator = flow(name="tune-operator", flow_run_name=_run_name, persist_result=False,
+                         task_runner=evaluation_runner())(_tune_operator)
 else:  # the engine runs without orchestration too: see tune_without_prefect
     tune_operator = None

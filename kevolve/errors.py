@@ -33,6 +33,12 @@ class LLMUnavailable(KevolveError):
     exit_code = 3
 
 
+class GPUBusy(KevolveError):
+    """A GPU stayed taken by other timings longer than a run waits for it."""
+
+    exit_code = 3
+
+
 def _display_path(path) -> str:
     """Relative to the working directory where that is shorter, as a user typed it."""
     from pathlib import Path

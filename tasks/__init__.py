@@ -1,19 +1,34 @@
 """Prefect tasks over the engine's stage functions (kevolve.search.stages). A task adds what
-orchestration brings (retries for infrastructure failures, fan-out, a name in the UI) and
-nothing else; the work stays in the engine, which also runs without Prefect."""
+orchestration brings (retries for infrastructure failures, timeouts, caching, fan-out, a name in
+the UI) and nothing else; the work stays in the engine, which also runs without Prefect."""
 
+from functools import partial
+
+from kevolve.evaluate.evaluator import BASELINE_TIMEOUT_S
+from kevolve.evaluate.pool import SETUP_TIMEOUT_S
 from kevolve.search.config import TuneSettings
 from kevolve.search.stages import Stages
 
+STAGE_TIMEOUT_S = 600.0  # select, retrieve (a first embedding model load), distill
+
 
 def task_stages(settings: TuneSettings) -> Stages:
-    from tasks.evaluation import evaluate_all, remeasure_task
+    from tasks.evaluation import evaluate_all, evaluate_task, remeasure_task
     from tasks.learning import distill_task
     from tasks.retrieval import retrieve_task
     from tasks.selection import select_task
     from tasks.synthesis import synthesize_task
 
+    # An evaluation may start a worker, time the baselines (on a host that has not yet), check
+    # and time the candidate twice: the harness's own deadlines, with room.
+    evaluation_s = SETUP_TIMEOUT_S + BASELINE_TIMEOUT_S + 4 * settings.eval_timeout_s
+    synthesis_s = 4 * settings.llm_timeout_s * (settings.llm_retries + 1)
     synthesize = synthesize_task.with_options(retries=settings.llm_outage_retries,
-                                              retry_delay_seconds=settings.llm_outage_wait_s)
-    return Stages(select=select_task, retrieve=retrieve_task, synthesize=synthesize, evaluate_all=evaluate_all,
-                  remeasure=remeasure_task, distill=distill_task)
+                                              retry_delay_seconds=settings.llm_outage_wait_s,
+                                              timeout_seconds=synthesis_s)
+    evaluate = evaluate_task.with_options(retries=settings.infra_retries, timeout_seconds=evaluation_s)
+    remeasure = remeasure_task.with_options(retries=settings.infra_retries, timeout_seconds=evaluation_s)
+    return Stages(select=select_task.with_options(timeout_seconds=STAGE_TIMEOUT_S),
+                  retrieve=retrieve_task.with_options(timeout_seconds=STAGE_TIMEOUT_S),
+                  synthesize=synthesize, evaluate_all=partial(evaluate_all, evaluate=evaluate),
+                  remeasure=remeasure, distill=distill_task.with_options(timeout_seconds=STAGE_TIMEOUT_S))

@@ -1,15 +1,20 @@
-"""Compile + check, profile, diagnose: one task per candidate, fanned out; the harness isolates
-each in its own worker. Each result is handed back the moment it ends, to be committed."""
+"""Compile + check, profile, diagnose: one task per candidate, fanned out with .map(); the
+harness isolates each in its own worker. Each result is handed back the moment it ends, to be
+committed. A verdict is cached by what decides it (candidate code, spec, target, harness: the
+Evaluator's cache_key); re-measures never are. Where the flow's task runner sends tasks to other
+processes or hosts (Dask), the evaluator travels as its recipe."""
 
 from typing import Any, Iterator, Sequence
 
 from prefect import task, unmapped
-from prefect.cache_policies import NO_CACHE
+from prefect.cache_policies import NO_CACHE, CachePolicy
+from prefect.context import FlowRunContext
 from prefect.futures import as_completed
 
 from kevolve.evaluate.result import Evaluation
 from kevolve.search import stages
 from kevolve.search.tree import Node
+from tasks.retry import infrastructure_failure
 
 
 def _run_name() -> str:
@@ -18,14 +23,34 @@ def _run_name() -> str:
     return f"evaluate-{task_run.parameters['candidate'].code_hash}"
 
 
-evaluate_task = task(stages.evaluate, name="evaluate", task_run_name=_run_name, cache_policy=NO_CACHE)
-remeasure_task = task(stages.remeasure, name="remeasure", cache_policy=NO_CACHE)
+def _verdict_key(context: Any, inputs: dict[str, Any]) -> str | None:
+    key = getattr(inputs["evaluator"], "cache_key", None)  # None: an evaluator that cannot say
+    return key(inputs["candidate"]) if key is not None else None
 
 
-def evaluate_all(evaluator: Any, nodes: Sequence[Node]) -> Iterator[tuple[Node, Evaluation]]:
+evaluate_task = task(stages.evaluate, name="evaluate", task_run_name=_run_name,
+                     cache_policy=CachePolicy.from_cache_key_fn(_verdict_key), persist_result=True,
+                     retry_condition_fn=infrastructure_failure)
+remeasure_task = task(stages.remeasure, name="remeasure", cache_policy=NO_CACHE,
+                      retry_condition_fn=infrastructure_failure)
+
+
+def evaluate_all(evaluator: Any, nodes: Sequence[Node], evaluate: Any = evaluate_task
+                 ) -> Iterator[tuple[Node, Evaluation]]:
     if not nodes:
         return
-    futures = evaluate_task.map(unmapped(evaluator), [n.candidate for n in nodes])
+    futures = evaluate.map(unmapped(_shipped(evaluator)), [n.candidate for n in nodes])
     node_of = {f.task_run_id: node for f, node in zip(futures, nodes)}
     for future in as_completed(list(futures)):
         yield node_of[future.task_run_id], future.result()
+
+
+def _shipped(evaluator: Any) -> Any:
+    """The evaluator itself for threads of this process; its recipe for a runner elsewhere."""
+    context = FlowRunContext.get()
+    runner = type(context.task_runner).__name__ if context and context.task_runner else ""
+    recipe = getattr(evaluator, "recipe", None)
+    return recipe if recipe is not None and runner in REMOTE_RUNNERS else evaluator
+
+
+REMOTE_RUNNERS = ("DaskTaskRunner", "RayTaskRunner", "ProcessPoolTaskRunner")

@@ -5,19 +5,8 @@ resumable. A bad kernel is never a reason to retry: it is a result."""
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from kevolve.errors import LLMUnavailable
 from kevolve.search import stages
-
-
-def endpoint_down(task, task_run, state) -> bool:
-    try:
-        state.result()
-    except LLMUnavailable:
-        return True
-    except Exception:
-        return False
-    return False
-
+from tasks.retry import infrastructure_failure
 
 synthesize_task = task(stages.synthesize, name="synthesize", cache_policy=NO_CACHE,
-                       retry_condition_fn=endpoint_down)
+                       retry_condition_fn=infrastructure_failure)

@@ -2,12 +2,15 @@
 
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 # Must be set before anything imports triton.
 os.environ.setdefault("TRITON_INTERPRET", "1")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# Cached task results (evaluations) stay with the test run, never in the user's Prefect home.
+os.environ.setdefault("PREFECT_RESULTS_LOCAL_STORAGE_PATH", tempfile.mkdtemp(prefix="kevolve-test-results-"))
 
 import pytest
 

@@ -9,6 +9,7 @@ roofline. Baselines (eager, torch.compile default and max-autotune) are timed on
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -17,15 +18,16 @@ import threading
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
 from dataclasses import asdict, replace
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, ContextManager, Sequence
 
 from kevolve.candidate import Candidate
 from kevolve.evaluate import baseline_cache, ncu
 from kevolve.evaluate.diagnose import diagnose, implausibly_fast
-from kevolve.evaluate.pool import Reply, Slot, WorkerPool, worker_env, write_roots
+from kevolve.evaluate.pool import Reply, Slot, WorkerPool, gpu_identity, worker_env, write_roots
 from kevolve.evaluate.result import (
     BASELINE_NAMES, Baselines, Check, Diagnosis, Evaluation, KernelStats, Outcome, Timing,
 )
@@ -39,6 +41,11 @@ BASELINE_TIMEOUT_S = 600.0  # torch.compile max-autotune of a large matmul takes
 NCU_TIMEOUT_S = 300.0
 NOT_REQUESTED = "not requested"
 _STATUS_OUTCOMES = {"timed_out": Outcome.TIMED_OUT, "died": Outcome.CRASHED, "memory": Outcome.CRASHED}
+HARNESS = Path(__file__).resolve().parent
+
+# Held around each timing with the GPU's identity (host and device; None on the CPU): an
+# orchestrator's lock that keeps timings of other processes and hosts off the same GPU.
+TimingGuard = Callable[[str | None], ContextManager[Any]]
 
 
 class Evaluator:
@@ -46,8 +53,11 @@ class Evaluator:
                  timeout_s: float = 120.0, memory_limit_mb: int = 16384, scratch_root: Path | None = None,
                  gpus: Sequence[int] | None = None, baselines: bool = True, max_autotune: bool = True,
                  timing_trials: int = 100, time_budget_s: float = 2.0, ncu: bool = False,
-                 baseline_timeout_s: float = BASELINE_TIMEOUT_S, pool: WorkerPool | None = None):
+                 baseline_timeout_s: float = BASELINE_TIMEOUT_S, pool: WorkerPool | None = None,
+                 timing_guard: TimingGuard | None = None):
         self.spec, self.target = spec, target
+        self.timing_guard = timing_guard or (lambda gpu: nullcontext())
+        self.recipe: Any = None  # an EvaluatorRecipe that builds this evaluator elsewhere, where known
         self.timeout_s = timeout_s
         self.with_baselines, self.max_autotune = baselines, max_autotune
         self.timing_trials, self.time_budget_s = timing_trials, time_budget_s
@@ -95,6 +105,13 @@ class Evaluator:
                 self._baselines = self._load_or_time_baselines()
             return self._baselines
 
+    def cache_key(self, candidate: Candidate) -> str:
+        """What decides this candidate's evaluation: its code, the spec (file and reference), the
+        target, the judge's settings and the harness's own source. Same key, same verdict."""
+        return evaluation_key(self.spec, self.target.name, candidate,
+                              f"timeout={self.timeout_s} baselines={self.with_baselines} "
+                              f"autotune={self.max_autotune} trials={self.timing_trials}")
+
     def close(self) -> None:
         if self._own_pool:
             self.pool.close()
@@ -136,7 +153,7 @@ class Evaluator:
                 if failed:
                     return done(*failed)
                 cost, kernels = reply.data["cost"], reply.data.get("kernels", [])
-                with lock.exclusive():
+                with lock.exclusive(), self.timing_guard(gpu_identity(slot.gpu)):
                     timed = self._time(slot, checks)
                     if isinstance(timed, tuple):
                         return done(*timed)
@@ -257,6 +274,26 @@ class Evaluator:
         return Evaluation(candidate_hash=candidate.code_hash, spec_name=self.spec.name, target=self.target.name,
                           device=self.pool.device_name or self.target.display_name, dims=self.dims,
                           outcome=outcome, checks=tuple(checks), **kw)
+
+
+def evaluation_key(spec: OperatorSpec, target: str, candidate: Candidate, judge: str) -> str:
+    digest = hashlib.sha256()
+    for part in (candidate.code_hash, target, judge, spec.path.read_bytes(), spec.reference_source(), _harness_hash()):
+        digest.update(part.encode() if isinstance(part, str) else part)
+        digest.update(b"\0")
+    return digest.hexdigest()[:32]
+
+
+_HARNESS_HASH: list[str] = []
+
+
+def _harness_hash() -> str:
+    if not _HARNESS_HASH:
+        digest = hashlib.sha256()
+        for path in sorted(HARNESS.glob("*.py")):
+            digest.update(path.read_bytes())
+        _HARNESS_HASH.append(digest.hexdigest())
+    return _HARNESS_HASH[0]
 
 
 def save_evaluation(directory: Path, candidate: Candidate, evaluation: Evaluation) -> Path:

@@ -18,6 +18,7 @@ import os
 import selectors
 import signal
 import site
+import socket
 import subprocess
 import sys
 import threading
@@ -111,12 +112,22 @@ def worker_env(scratch: Path, gpu: int | None, interpreter: bool, compile_thread
         env["CUDA_VISIBLE_DEVICES"] = ""
     else:
         env.pop("TRITON_INTERPRET", None)
-        if gpu is not None:  # an index into what this process sees
-            visible = [x.strip() for x in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if x.strip()]
-            env["CUDA_VISIBLE_DEVICES"] = visible[gpu] if gpu < len(visible) else str(gpu)
+        if gpu is not None:  # the worker sees one GPU only
+            env["CUDA_VISIBLE_DEVICES"] = physical_gpu(gpu)
     for key in ("home", "tmp", "triton-cache", "inductor-cache"):
         (scratch / key).mkdir(parents=True, exist_ok=True)
     return env
+
+
+def physical_gpu(gpu: int) -> str:
+    """The device a pool index names: an index into this process's CUDA_VISIBLE_DEVICES."""
+    visible = [x.strip() for x in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if x.strip()]
+    return visible[gpu] if gpu < len(visible) else str(gpu)
+
+
+def gpu_identity(gpu: int | None) -> str | None:
+    """A GPU's name across hosts (`host-device`), or None on the CPU."""
+    return None if gpu is None else f"{socket.gethostname()}-{physical_gpu(gpu)}"
 
 
 def write_roots(scratch: Path) -> list[str]:

@@ -24,12 +24,18 @@ def make_synthesizer(settings: TuneSettings) -> Any:
     return LLMSynthesizer(client)
 
 
-def make_evaluator(spec: OperatorSpec, target: HardwareTarget, settings: TuneSettings) -> Any:
-    from kevolve.evaluate.evaluator import Evaluator
+def make_evaluator(spec: OperatorSpec, target: HardwareTarget, settings: TuneSettings,
+                   timing_guard: Any = None) -> Any:
+    """The harness, with the recipe that builds the same one in another process or host."""
+    from kevolve.evaluate.shared import EvaluatorRecipe
 
     # Under the interpreter there is no speed to compare with: no baselines to time.
-    return Evaluator(spec, target, workers=settings.eval_workers, timeout_s=settings.eval_timeout_s,
-                     baselines=not target.interpreter)
+    recipe = EvaluatorRecipe(str(spec.path), target.name, workers=settings.eval_workers,
+                             timeout_s=settings.eval_timeout_s, baselines=not target.interpreter,
+                             timing_guard=timing_guard)
+    evaluator = recipe.build()
+    evaluator.recipe = recipe
+    return evaluator
 
 
 def llm_answers(url: str, timeout_s: float = 3.0) -> list[str] | None:

@@ -84,6 +84,7 @@ class TuneSettings:
     llm_outage_wait_s: float = 30.0  # ... after this long, for an endpoint that is restarting
     eval_workers: int | None = None  # None: the evaluator's default
     eval_timeout_s: float = 120.0
+    infra_retries: int = 2  # an evaluation the infrastructure failed (GPU busy, a worker that would not start)
     knowledge: bool = True  # retrieve documents and skills, distil new skills
 
     def to_dict(self) -> dict[str, Any]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib.util
 import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Mapping
 
 from kevolve.errors import LLMUnavailable
@@ -21,6 +22,8 @@ class Plan:
     run_id: str | None  # None: a new run with a generated id
     overrides: Mapping[str, Any] = field(default_factory=dict)  # search settings changed on resume
     notes: tuple[str, ...] = ()
+    spec_name: str = ""  # what the run tunes, and where: for names and keys that watchers see
+    target: str = ""
 
 
 def plan_run(spec: str | None, *, target: str | None = None, llm: str | None = None, llm_model: str | None = None,
@@ -39,7 +42,7 @@ def plan_run(spec: str | None, *, target: str | None = None, llm: str | None = N
                 store.run(resume)  # raises RunNotFound, saying how to list the runs
         if found is not None:
             _interpreter_env(found.target)
-            return Plan(None, found.id, search)
+            return Plan(None, found.id, search, spec_name=found.spec_name, target=found.target)
     if spec is None:
         raise ConfigError("name a spec to tune (a path, or an example such as `softmax`), or --resume RUN_ID")
     from kevolve.hardware import detect_target, load_target
@@ -71,7 +74,24 @@ def plan_run(spec: str | None, *, target: str | None = None, llm: str | None = N
     settings = TuneSettings(spec=str(spec_obj.path), target=target_obj.name,
                             search=SearchConfig.from_dict(search), synthesizer=synthesizer, llm_url=url,
                             llm_model=model, knowledge=knowledge, **dict(options or {}))
-    return Plan(settings, run_name, {}, tuple(notes))
+    return Plan(settings, run_name, {}, tuple(notes), spec_name=spec_obj.name, target=target_obj.name)
+
+
+def request_label(spec: str | None, target: str | None = None, resume: str | None = None) -> str:
+    """`softmax on h100-sxm` for a request, before it is planned (the spec file's name stands
+    for the operator)."""
+    if spec is None:
+        return f"resume {resume}" if resume else "tune"
+    return f"{Path(spec).stem} on {target_name(target)}"
+
+
+def target_name(target: str | None) -> str:
+    """The target asked for, else this machine's."""
+    if target is not None:
+        return target
+    from kevolve.hardware import detect_target
+
+    return detect_target().name
 
 
 def _interpreter_env(target_name: str, interpreter: bool | None = None) -> None:

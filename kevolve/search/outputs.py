@@ -5,6 +5,8 @@
 - path.md: the steps from the reference to it, each with what made it, its timing and diagnosis
 - tree.json: every node of the search
 - summary.md: the run in a page: settings, why it ended, the best kernel, LLM usage, notes
+- leaderboard.json: the correct kernels, fittest first, with their timing and diagnosis
+- progress.json and speedup.png: the best fitness after each evaluation (the plot where matplotlib is installed)
 - ModelNew.py (KernelBench specs): the best kernel, for KernelBench's own harness
 """
 
@@ -40,6 +42,10 @@ def write(directory: Path, spec: OperatorSpec, tree: SearchTree, summary: Any, s
     (directory / "tree.json").write_text(json.dumps(tree_json(tree), indent=1))
     kernelbench = best is not None and spec.format == "kernelbench"
     (directory / "summary.md").write_text(summary_markdown(summary, settings, best, tree, kernelbench))
+    (directory / "leaderboard.json").write_text(json.dumps(leaderboard(tree), indent=1))
+    series = progress_series(tree)
+    (directory / "progress.json").write_text(json.dumps(series, indent=1))
+    plot_progress(series, tree.baseline, directory / "speedup.png")
     return directory
 
 
@@ -138,3 +144,62 @@ def summary_markdown(summary: Any, settings: TuneSettings, best: Node | None, tr
               "Files: " + ("best_kernel.py, best_evaluation.json, " if best is not None else "")
               + "path.md, tree.json" + (", ModelNew.py" if kernelbench else "")]
     return "\n".join(lines) + "\n"
+
+
+LEADERBOARD_ROWS = 20
+
+
+def leaderboard(tree: SearchTree, rows: int = LEADERBOARD_ROWS) -> list[dict[str, Any]]:
+    """The correct kernels, fittest first (the confirmed figure where re-measured)."""
+    board = []
+    for rank, n in enumerate([n for n in tree.ranked() if n.correct][:rows], 1):
+        ev = n.remeasure or n.evaluation
+        o = n.candidate.origin
+        s = speedup(ev, tree.baseline, tree.baselines)
+        board.append({
+            "rank": rank, "node": n.id, "parent": n.parent_id, "round": n.round,
+            "time_ms": round(ev.timing.median_ms, 6) if ev.timing else None,
+            "interpreter": bool(ev.timing and ev.timing.interpreter),
+            "speedup": round(s, 4) if s is not None else None, "confirmed": n.confirmed,
+            "made_by": o.synthesizer + (f" {o.family}" if o.family else ""),
+            "transforms": ", ".join(map(str, o.transforms)),
+            "bound": ev.diagnosis.bound if ev.diagnosis else None,
+            "code_hash": n.candidate.code_hash,
+        })
+    return board
+
+
+def progress_series(tree: SearchTree) -> list[dict[str, Any]]:
+    """After each evaluation, in the order the nodes were made: its fitness and the best so far
+    (fitness is the speedup where kernels are timed, 1 for a correct untimed one, 0 for a failure)."""
+    series, best = [], 0.0
+    for count, n in enumerate(sorted(tree.evaluated(), key=lambda n: n.id), 1):
+        best = max(best, n.fitness or 0.0)
+        series.append({"evaluation": count, "node": n.id, "fitness": n.fitness or 0.0, "best": best,
+                       "timed": bool(n.evaluation.timing and not n.evaluation.timing.interpreter and n.correct)})
+    return series
+
+
+def plot_progress(series: list[dict[str, Any]], baseline: str, path: Path) -> Path | None:
+    """Best speedup over evaluations as a PNG; None (and no file) where matplotlib is missing."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    timed = any(p["timed"] for p in series)
+    fig, ax = plt.subplots(figsize=(6, 3.2), dpi=100)
+    xs = [p["evaluation"] for p in series]
+    ax.scatter(xs, [p["fitness"] for p in series], s=14, color="tab:gray", label="each evaluation")
+    ax.step(xs, [p["best"] for p in series], where="post", color="tab:blue", label="best so far")
+    ax.set_xlabel("evaluations")
+    ax.set_ylabel(f"speedup over {baseline}" if timed else "fitness (1 = correct, untimed)")
+    if timed:
+        ax.axhline(1.0, color="tab:red", linewidth=0.8, linestyle="--")
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path

@@ -87,9 +87,11 @@ class SearchSession:
     @staticmethod
     def open(settings: TuneSettings | None, run_id: str | None = None, *,
              search_overrides: Mapping[str, Any] | None = None, notes: Sequence[str] = (),
-             store: SearchStore | None = None, evaluator: Any = None, synthesizer: Any = None) -> "SearchSession":
+             store: SearchStore | None = None, evaluator: Any = None, synthesizer: Any = None,
+             timing_guard: Any = None) -> "SearchSession":
         """Open a new run, or resume `run_id` with the settings it was started with (a few search
-        limits, like the budget, may be raised through `search_overrides`)."""
+        limits, like the budget, may be raised through `search_overrides`). `timing_guard` is
+        held around each timing of the evaluator the session starts (see Evaluator)."""
         from kevolve.hardware import device_name, load_ceilings, load_target
         from kevolve.specs import load_spec
 
@@ -112,7 +114,7 @@ class SearchSession:
         run_id = run_id or new_run_id(spec.name, target.name)
         synthesizer = synthesizer or make_synthesizer(settings)
         owned = evaluator is None  # the session closes only an evaluator it started
-        evaluator = evaluator or make_evaluator(spec, target, settings)
+        evaluator = evaluator or make_evaluator(spec, target, settings, timing_guard)
         try:
             run = existing or store.create_run(run_id, spec.name, target.name, settings.to_dict())
             number = store.claim(run_id)

@@ -1,0 +1,86 @@
+"""What a tuning run shows in the Prefect UI: artifacts under keys that stay the same from run to
+run of an operator on a target, so the UI keeps each key's history (last night's, tonight's).
+
+    tune-OPERATOR-TARGET-progress      evaluations done over the budget, updated as each one ends
+    tune-OPERATOR-TARGET-leaderboard   the correct kernels, fittest first
+    tune-OPERATOR-TARGET-best-kernel   the run's summary, the best kernel's path through the tree
+                                       with each step's diagnosis, and its code
+    tune-OPERATOR-TARGET-speedup       best speedup over evaluations (a plot)
+
+Everything shown is read from the run's outputs (kevolve.search.outputs), never re-derived.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+from pathlib import Path
+from uuid import UUID
+
+from prefect.artifacts import (
+    create_markdown_artifact, create_progress_artifact, create_table_artifact, update_progress_artifact,
+)
+
+from kevolve.search.progress import Event
+
+
+def artifact_key(spec_name: str, target: str, what: str) -> str:
+    return re.sub(r"[^a-z0-9-]+", "-", f"tune-{spec_name}-{target}".lower())[:80].strip("-") + f"-{what}"
+
+
+class ProgressArtifact:
+    """A listener of the search's events (kevolve.search.progress) that moves the progress bar."""
+
+    def __init__(self, spec_name: str, target: str):
+        self.key = artifact_key(spec_name, target, "progress")
+        self.description = f"evaluations of {spec_name} on {target}, over the budget"
+        self.artifact_id: UUID | None = None
+        self.percent = -1.0
+
+    def on_event(self, event: Event) -> None:
+        if event.kind not in ("start", "evaluated", "end") or not event.budget:
+            return
+        percent = 100.0 if event.kind == "end" else round(min(100.0, 100.0 * event.evaluations / event.budget), 1)
+        if percent == self.percent:
+            return
+        if self.artifact_id is None:
+            self.artifact_id = create_progress_artifact(percent, key=self.key, description=self.description)
+        else:
+            update_progress_artifact(self.artifact_id, percent)
+        self.percent = percent
+
+
+def publish_outputs(summary: dict) -> dict[str, str]:
+    """The finished run's leaderboard, best-kernel report and speedup plot; returns key -> kind."""
+    out = Path(summary["outputs"])
+    name = f"{summary['spec']} on {summary['target']}"
+    key = lambda what: artifact_key(summary["spec"], summary["target"], what)  # noqa: E731
+    board = json.loads((out / "leaderboard.json").read_text())
+    create_table_artifact(table=board or [{"rank": None, "note": "no kernel passed every check"}],
+                          key=key("leaderboard"), description=f"correct kernels of {name}, fittest first")
+    create_markdown_artifact(markdown=best_kernel_markdown(out), key=key("best-kernel"),
+                             description=f"the best kernel of {name}, its path and diagnoses")
+    create_markdown_artifact(markdown=speedup_markdown(out), key=key("speedup"),
+                             description=f"best speedup of {name} over evaluations")
+    return {key("leaderboard"): "table", key("best-kernel"): "markdown", key("speedup"): "markdown"}
+
+
+def best_kernel_markdown(out: Path) -> str:
+    parts = [(out / "summary.md").read_text(), (out / "path.md").read_text()]
+    kernel = out / "best_kernel.py"
+    if kernel.is_file():
+        parts.append("## The kernel\n\n```python\n" + kernel.read_text() + "\n```\n")
+    return "\n".join(parts)
+
+
+def speedup_markdown(out: Path) -> str:
+    series = json.loads((out / "progress.json").read_text())
+    timed = any(p["timed"] for p in series)
+    lines = ["# Best " + ("speedup" if timed else "fitness (interpreter: correctness only)") + " over evaluations", ""]
+    plot = out / "speedup.png"
+    if plot.is_file():
+        lines += [f"![best so far](data:image/png;base64,{base64.b64encode(plot.read_bytes()).decode()})", ""]
+    lines += ["| evaluation | node | fitness | best so far |", "|---|---|---|---|"]
+    lines += [f"| {p['evaluation']} | {p['node']} | {p['fitness']:.3g} | {p['best']:.3g} |" for p in series]
+    return "\n".join(lines) + "\n"
