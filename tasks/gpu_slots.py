@@ -56,6 +56,6 @@ def ensure_limit(name: str, slots: int = SLOTS_PER_GPU) -> None:
         with get_client(sync_client=True) as client:
             try:
                 client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=name, limit=slots))
-            except ObjectAlreadyExists:
+            except ObjectAlreadyExists:  # made by another process or host
                 pass
         _created.add(name)

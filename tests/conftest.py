@@ -25,9 +25,10 @@ def isolated_state(tmp_path, monkeypatch):
     yield
 
 
-def run_cli(*args: str, cwd: Path | None = None):
+def run_cli(*args: str, cwd: Path | None = None, env_overrides: dict[str, str] | None = None):
     """Run `kevolve ARGS` in a fresh interpreter, as a user would."""
     import subprocess
 
     return subprocess.run([sys.executable, "-m", "kevolve", *args], capture_output=True, text=True,
-                          cwd=cwd or REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=600)
+                          cwd=cwd or REPO, env={**os.environ, "PYTHONPATH": str(REPO), **(env_overrides or {})},
+                          timeout=600)

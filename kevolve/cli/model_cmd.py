@@ -39,6 +39,16 @@ def register(sub) -> None:
     tune.add_argument("--no-prefect", action="store_true", help="run the same steps without Prefect")
     tune.set_defaults(func=tune_cmd)
 
+    register = verbs.add_parser(
+        "register", help="announce a new model architecture: the tune-on-new-architecture deployment tunes it",
+        description="Emits a kevolve.model.registered event to the Prefect server at PREFECT_API_URL; "
+                    "the tune-on-new-architecture deployment (prefect.yaml) starts a tune_model run "
+                    "with CONFIG, TARGET and TOP from the event.")
+    register.add_argument("config", help="as `kevolve model ops` takes it; a file path is sent absolute")
+    register.add_argument("--target", help="hardware target (default: the GPU host's own)")
+    register.add_argument("--top", type=int, default=3, help="how many specs to tune (default 3)")
+    register.set_defaults(func=register_cmd)
+
 
 def _model_arguments(p) -> None:
     p.add_argument("config")
@@ -107,3 +117,35 @@ def tune_cmd(args) -> int:
     print(report_markdown(report))
     print(f"specs and report in {report['specs_dir']}; `kevolve library list` shows the kernels")
     return 0 if any(row["library"] for row in report["tuned"]) else 1
+
+
+MODEL_REGISTERED = "kevolve.model.registered"
+
+
+def register_cmd(args) -> int:
+    import importlib.util
+    import re
+    from pathlib import Path
+
+    from kevolve.errors import KevolveError
+
+    if importlib.util.find_spec("prefect") is None:
+        raise KevolveError("`kevolve model register` tells a Prefect server: pip install 'prefect==3.8.8'")
+    from prefect.events import emit_event
+    from prefect.events.worker import EventsWorker
+    from prefect.settings import PREFECT_API_URL
+
+    if not PREFECT_API_URL.value():
+        raise KevolveError("no Prefect server to tell: set PREFECT_API_URL (for example "
+                           "http://127.0.0.1:4200/api; `make ui` starts a server there)")
+    config = str(Path(args.config).resolve()) if Path(args.config).exists() else args.config
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "-", Path(config.split(":")[0]).stem or config)
+    event = emit_event(MODEL_REGISTERED, resource={"prefect.resource.id": f"kevolve.model.{name}",
+                                                   "prefect.resource.name": name},
+                       payload={"config": config, "target": args.target, "top": args.top})
+    EventsWorker.drain_all(timeout=30)
+    if event is None:
+        raise KevolveError(f"Prefect did not send the event (events are off in this Prefect profile); "
+                           f"check `prefect config view` at {PREFECT_API_URL.value()}")
+    print(f"{MODEL_REGISTERED}: {config} (event {event.id}); tune-on-new-architecture starts a tune_model run")
+    return 0

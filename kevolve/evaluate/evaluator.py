@@ -9,6 +9,7 @@ roofline. Baselines (eager, torch.compile default and max-autotune) are timed on
 
 from __future__ import annotations
 
+import contextvars
 import hashlib
 import json
 import os
@@ -89,7 +90,10 @@ class Evaluator:
         if todo:
             base = self.baselines() if self.with_baselines else None
             with ThreadPoolExecutor(max_workers=len(self.pool.slots)) as ex:
-                futures = {i: ex.submit(self._evaluate_one, candidates[i], checks, base) for i, checks in todo}
+                # Each thread runs in a copy of the caller's context: an orchestrator's settings
+                # (which server the timing guard asks) reach it.
+                futures = {i: ex.submit(contextvars.copy_context().run, self._evaluate_one, candidates[i], checks,
+                                        base) for i, checks in todo}
                 for i, future in futures.items():
                     results[i] = future.result()
         return results  # type: ignore[return-value]
