@@ -35,11 +35,22 @@ def server(tmp_path_factory):
         try:
             with temporary_settings({PREFECT_API_URL: url}):
                 yield url
+                drain_to(url)
         finally:
             if before is None:
                 os.environ.pop("PREFECT_API_URL", None)
             else:
                 os.environ["PREFECT_API_URL"] = before
+
+
+def drain_to(url: str) -> None:
+    """Send what Prefect still holds (logs, events) while the server is up: at exit it would
+    retry a server that is gone."""
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+
+    for worker in (APILogWorker, EventsWorker):
+        worker.drain_all(timeout=20)
 
 
 def api(call):
@@ -173,3 +184,39 @@ def test_evaluations_fan_out_over_a_local_dask_cluster(server):
     assert summary["evaluations"] == 4 and summary["correct"] >= 1
     assert sum(per_worker.values()) == 4, per_worker  # every evaluation ran in a Dask worker
     assert evaluations_here() == 0  # none in this process (the re-measure of the best is not a fan-out)
+
+
+def test_tune_suite_tunes_each_spec_and_goes_on_past_one_that_fails(server):
+    from flows.tune_suite import tune_suite
+
+    rows = tune_suite(specs=["softmax", "no_such_spec"], target="cpu-interpreter", offline=True, knowledge=False,
+                      search=SEARCH)
+    assert [(r["spec"], r["status"]) for r in rows] == [("softmax", "completed"), ("no_such_spec", "failed")]
+    assert rows[0]["evaluations"] == 3 and "no_such_spec" in rows[1]["error"]
+    table = artifacts(["tune-suite-cpu-interpreter"])["tune-suite-cpu-interpreter"]
+    assert [r["status"] for r in json.loads(table.data)] == ["completed", "failed"]
+
+
+def test_ingest_knowledge_indexes_the_corpus_and_says_what_changed(server):
+    from flows.ingest_knowledge import ingest_knowledge
+
+    report = ingest_knowledge(embedding="hashing")
+    assert report["added"] and report["chunks_written"] > 0
+    text = artifacts(["knowledge-ingest"])["knowledge-ingest"].data
+    assert f"- added: {report['added'][0]}" in text
+    assert ingest_knowledge(embedding="hashing")["unchanged"]  # nothing re-embedded the second time
+
+
+def test_the_prefect_overhead_bench_runs_on_the_cpu(server, tmp_path, monkeypatch):
+    """The bench's path, not its figures: interpreter timings say nothing about a GPU."""
+    import runpy
+
+    monkeypatch.setattr(sys, "argv", ["prefect_overhead.py", "--target", "cpu-interpreter", "--budget", "2",
+                                      "--out", str(tmp_path)])
+    bench = runpy.run_path(str(REPO / "bench" / "prefect_overhead.py"))
+    assert bench["main"]() == 0
+    result = json.loads((tmp_path / "prefect_overhead.json").read_text())
+    plain, orchestrated = result["runs"]
+    assert plain["summary"]["evaluations"] == orchestrated["summary"]["evaluations"] == 2
+    assert {"synthesize", "select", "evaluate (per candidate)"} <= set(result["comparison"]["stages"])
+    assert result["comparison"]["rounds"] and "Prefect's share" in (tmp_path / "prefect_overhead.md").read_text()

@@ -1,0 +1,219 @@
+"""What Prefect costs a search: the same short search of an example spec (offline synthesizer,
+fixed budget, no knowledge base) through the `tune_operator` flow and through
+`tune_without_prefect`, each round (iteration) timed from the search's own progress events, each
+stage call timed around the call the loop makes (a Prefect task, or the plain function).
+
+Reported: per-round wall time in each mode and Prefect's share of it, (prefect - plain) / prefect,
+over the rounds after the first (the first also starts the harness's workers) and over all; per
+stage, the median time of one call in each mode and the difference (the orchestration cost of one
+task, evaluations per candidate); the flow's fixed costs outside the rounds (API server, session,
+artifacts). The baselines are timed once before both runs (cached), so neither pays for them;
+the flow's cached verdicts are refreshed, so every evaluation really runs; a short plain search
+first warms what the first search of a process pays for (imports, the offline synthesizer's
+traces). Goal: under 5%.
+
+On the GPU machine (prefect and its wheels carried from bench/make_wheelhouse.sh, see README):
+
+    python3 bench/prefect_overhead.py [--spec softmax] [--budget 24]
+
+Writes prefect_overhead.json and prefect_overhead.md under $OUT (default bench/results/) and prints
+the markdown. A CPU check of the path (no speeds there): python3 bench/prefect_overhead.py
+--target cpu-interpreter --budget 4
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from collections import defaultdict
+from dataclasses import fields, replace
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(REPO)]
+GOAL = 0.05
+
+
+class StageClock:
+    """Wraps each callable of a Stages bundle to time every call the loop makes."""
+
+    def __init__(self):
+        self.calls: dict[str, list[float]] = defaultdict(list)
+
+    def wrap(self, stages):
+        def timed(name, fn):
+            if name == "evaluate_all":  # a generator: time it from the call to its last result
+                def evaluate_all(*args, **kwargs):
+                    start = time.perf_counter()
+                    count = 0
+                    for item in fn(*args, **kwargs):
+                        count += 1
+                        yield item
+                    if count:
+                        self.calls["evaluate (per candidate)"].append((time.perf_counter() - start) / count)
+                return evaluate_all
+
+            def call(*args, **kwargs):
+                start = time.perf_counter()
+                try:
+                    return fn(*args, **kwargs)
+                finally:
+                    self.calls[name].append(time.perf_counter() - start)
+            return call
+
+        return replace(stages, **{f.name: timed(f.name, getattr(stages, f.name)) for f in fields(stages)})
+
+
+class RoundClock:
+    """Round boundaries from the search's progress events."""
+
+    def __init__(self):
+        self.marks: list[tuple[str, float, int]] = []
+
+    def on_event(self, event) -> None:
+        if event.kind in ("start", "round", "end"):
+            self.marks.append((event.kind, time.perf_counter(), event.evaluations))
+
+    def rounds(self) -> list[dict[str, float]]:
+        out = []
+        starts = [m for m in self.marks if m[0] in ("start", "round")]
+        for (_, t0, n0), (_, t1, n1) in zip(starts, starts[1:]):
+            out.append({"wall_s": t1 - t0, "evaluations": n1 - n0})
+        return out
+
+
+def run(mode: str, args, budget: int | None = None) -> dict[str, Any]:
+    import flows.tune_operator as loop
+    import tasks
+    from kevolve.search.progress import listening
+
+    search = {"budget": budget or args.budget, "policy": args.policy, "expansions_per_round": 2, "children_per_expansion": 2,
+              "seeds": 4, "rng_seed": 0}
+    request = dict(target=args.target, offline=True, knowledge=False, search=search,
+                   run_name=f"overhead-{mode}-{time.time_ns()}")
+    clock, rounds = StageClock(), RoundClock()
+    start = time.perf_counter()
+    with listening(rounds.on_event):
+        if mode == "prefect":
+            from prefect.settings import PREFECT_TASKS_REFRESH_CACHE, temporary_settings
+
+            plain_task_stages = tasks.task_stages
+            tasks.task_stages = lambda settings: clock.wrap(plain_task_stages(settings))
+            try:
+                with temporary_settings({PREFECT_TASKS_REFRESH_CACHE: True}):
+                    summary = loop.tune_operator(spec=args.spec, **request)
+            finally:
+                tasks.task_stages = plain_task_stages
+        else:
+            original = loop.engine_stages
+            loop.engine_stages = lambda: clock.wrap(original())
+            try:
+                summary = loop.tune_without_prefect(args.spec, **request).to_dict()
+            finally:
+                loop.engine_stages = original
+    total = time.perf_counter() - start
+    per_round = rounds.rounds()
+    return {"mode": mode, "total_s": total, "rounds": per_round, "in_rounds_s": sum(r["wall_s"] for r in per_round),
+            "stages": {k: v for k, v in clock.calls.items()}, "summary": summary}
+
+
+def time_baselines(args) -> str:
+    """Time (or read from the cache) the spec's baselines once, so neither run pays for them."""
+    from kevolve.evaluate.evaluator import Evaluator
+    from kevolve.hardware import detect_target, load_target
+    from kevolve.specs import resolve_spec
+
+    target = load_target(args.target) if args.target else detect_target()
+    if target.interpreter:
+        return target.name
+    with Evaluator(resolve_spec(args.spec), target) as evaluator:
+        evaluator.baselines()
+    return target.name
+
+
+def compare(prefect: dict, plain: dict) -> dict[str, Any]:
+    pairs = list(zip(prefect["rounds"], plain["rounds"]))
+    rows = [{"round": i + 1, "prefect_s": a["wall_s"], "plain_s": b["wall_s"], "evaluations": a["evaluations"],
+             "evaluations_plain": b["evaluations"], "share": (a["wall_s"] - b["wall_s"]) / a["wall_s"]}
+            for i, (a, b) in enumerate(pairs) if a["wall_s"] > 0]
+
+    def share(selected):
+        p, q = sum(r["prefect_s"] for r in selected), sum(r["plain_s"] for r in selected)
+        return (p - q) / p if p else None
+
+    stages = {}
+    for name in sorted(set(prefect["stages"]) | set(plain["stages"])):
+        a, b = prefect["stages"].get(name, []), plain["stages"].get(name, [])
+        if a and b:
+            stages[name] = {"calls": len(a), "prefect_ms": 1e3 * statistics.median(a),
+                            "plain_ms": 1e3 * statistics.median(b),
+                            "overhead_ms": 1e3 * (statistics.median(a) - statistics.median(b))}
+    return {"rounds": rows, "share_after_first_round": share(rows[1:]), "share_all_rounds": share(rows),
+            "median_round_share": statistics.median([r["share"] for r in rows]) if rows else None,
+            "stages": stages,
+            "outside_rounds_s": {"prefect": prefect["total_s"] - prefect["in_rounds_s"],
+                                 "plain": plain["total_s"] - plain["in_rounds_s"]}}
+
+
+def markdown(result: dict) -> str:
+    c = result["comparison"]
+    pct = lambda x: "-" if x is None else f"{100 * x:.1f}%"  # noqa: E731
+    verdict = c["share_after_first_round"]
+    lines = [f"# Prefect's share of a search's wall time: {result['spec']} on {result['device']}", "",
+             f"offline synthesizer, budget {result['budget']}, policy {result['policy']}; prefect "
+             f"{result['prefect_version']}, flow with the thread runner and a local API server", "",
+             f"- Prefect's share of the rounds after the first: **{pct(verdict)}** (goal under {pct(GOAL)}: "
+             + ("met" if verdict is not None and verdict < GOAL else "NOT met") + ")",
+             f"- over all rounds: {pct(c['share_all_rounds'])}; median round: {pct(c['median_round_share'])}",
+             f"- outside the rounds (API server start, session, outputs, artifacts): prefect "
+             f"{c['outside_rounds_s']['prefect']:.2f} s, plain {c['outside_rounds_s']['plain']:.2f} s", "",
+             "| round | evaluations (prefect/plain) | prefect s | plain s | Prefect's share |", "|---|---|---|---|---|"]
+    lines += [f"| {r['round']} | {r['evaluations']}/{r['evaluations_plain']} | {r['prefect_s']:.3f} | "
+              f"{r['plain_s']:.3f} | {pct(r['share'])} |" for r in c["rounds"]]
+    lines += ["", "Per stage call (median): the orchestration cost of one task", "",
+              "| stage | calls | prefect ms | plain ms | overhead ms |", "|---|---|---|---|---|"]
+    lines += [f"| {k} | {v['calls']} | {v['prefect_ms']:.2f} | {v['plain_ms']:.2f} | {v['overhead_ms']:.2f} |"
+              for k, v in c["stages"].items()]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--spec", default="softmax")
+    p.add_argument("--target", default=None, help="default: this machine's")
+    p.add_argument("--policy", default="mcts")
+    p.add_argument("--budget", type=int, default=24)
+    p.add_argument("--out", default=os.environ.get("OUT") or str(REPO / "bench" / "results"))
+    args = p.parse_args()
+    os.environ.setdefault("KEVOLVE_HOME", "/tmp/kevolve-home")  # the other benches' baselines are reused
+    from flows import configure_prefect
+
+    configure_prefect()
+    import prefect
+    import torch
+
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu (Triton interpreter)"
+    target = time_baselines(args)
+    run("warm-up", args, budget=2)  # imports and the offline synthesizer's first traces: paid by neither run
+    plain = run("plain", args)
+    orchestrated = run("prefect", args)
+    result = {"spec": args.spec, "target": target, "device": device, "budget": args.budget, "policy": args.policy,
+              "prefect_version": prefect.__version__, "goal": GOAL,
+              "comparison": compare(orchestrated, plain), "runs": [plain, orchestrated]}
+    text = markdown(result)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "prefect_overhead.json").write_text(json.dumps(result, indent=1, default=str))
+    (out / "prefect_overhead.md").write_text(text)
+    print(text)
+    print(f"wrote {out / 'prefect_overhead.json'} and {out / 'prefect_overhead.md'}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
