@@ -9,7 +9,10 @@ export PREFECT_HOME ?= $(KEVOLVE_HOME)/prefect
 export PREFECT_SERVER_ANALYTICS_ENABLED = false
 export HF_HUB_OFFLINE = 1
 
-.PHONY: demo test ui clean-venv
+PREFECT_PORT ?= 4200
+POOL ?= kevolve-gpu
+
+.PHONY: demo test ui deploy worker clean-venv
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +36,21 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	TRITON_INTERPRET=1 $(BIN)/python -m pytest -q
+
+# The Prefect server and its UI on this machine (SQLite under $(PREFECT_HOME)); flows, workers
+# and `kevolve model register` reach it at PREFECT_API_URL=http://127.0.0.1:$(PREFECT_PORT)/api.
+ui: $(STAMP)
+	@echo "Prefect UI: http://127.0.0.1:$(PREFECT_PORT)  (export PREFECT_API_URL=http://127.0.0.1:$(PREFECT_PORT)/api)"
+	$(BIN)/prefect server start --host 127.0.0.1 --port $(PREFECT_PORT)
+
+# prefect.yaml's deployments on the server at PREFECT_API_URL, with their process work pool.
+deploy: $(STAMP)
+	$(BIN)/prefect work-pool inspect $(POOL) >/dev/null 2>&1 || $(BIN)/prefect work-pool create $(POOL) --type process
+	$(BIN)/prefect --no-prompt deploy --all
+
+# One per GPU host: runs the flows the deployments schedule (CUDA_VISIBLE_DEVICES reaches them).
+worker: $(STAMP)
+	$(BIN)/prefect worker start --pool $(POOL)
 
 clean-venv:
 	rm -rf $(VENV)

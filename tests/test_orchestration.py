@@ -35,7 +35,7 @@ def server(tmp_path_factory):
         try:
             with temporary_settings({PREFECT_API_URL: url}):
                 yield url
-                drain_to(url)
+                drain_prefect()
         finally:
             if before is None:
                 os.environ.pop("PREFECT_API_URL", None)
@@ -43,7 +43,7 @@ def server(tmp_path_factory):
                 os.environ["PREFECT_API_URL"] = before
 
 
-def drain_to(url: str) -> None:
+def drain_prefect() -> None:
     """Send what Prefect still holds (logs, events) while the server is up: at exit it would
     retry a server that is gone."""
     from prefect.events.worker import EventsWorker

@@ -1,0 +1,88 @@
+"""The orchestration's pieces without a server: the runner chosen by configuration, what a task
+retries, artifact keys, the harness's timing guard and verdict key, and the evaluator's recipe."""
+
+from __future__ import annotations
+
+import pickle
+from contextlib import contextmanager
+
+import pytest
+
+from kevolve.candidate import Candidate, Origin
+from kevolve.errors import GPUBusy, KevolveError, LLMUnavailable
+from kevolve.evaluate.pool import WorkerError
+from searchkit import softmax_kernel, unnormalised_softmax
+
+MANUAL = Origin("manual")
+
+
+def test_the_task_runner_is_chosen_by_configuration(monkeypatch):
+    from prefect.task_runners import ThreadPoolTaskRunner
+    from prefect_dask import DaskTaskRunner
+
+    from flows.runners import evaluation_runner
+
+    monkeypatch.delenv("KEVOLVE_TASK_RUNNER", raising=False)
+    assert isinstance(evaluation_runner(), ThreadPoolTaskRunner)
+    monkeypatch.setenv("KEVOLVE_TASK_RUNNER", "tcp://gpu-scheduler:8786")
+    runner = evaluation_runner()
+    assert isinstance(runner, DaskTaskRunner) and runner.address == "tcp://gpu-scheduler:8786"
+    assert isinstance(evaluation_runner("dask"), DaskTaskRunner)
+    with pytest.raises(KevolveError, match="KEVOLVE_TASK_RUNNER='ray' is not a task runner: use threads, dask"):
+        evaluation_runner("ray")
+
+
+class Finished:
+    def __init__(self, error: BaseException | None):
+        self.error = error
+
+    def result(self):
+        if self.error is not None:
+            raise self.error
+
+
+@pytest.mark.parametrize("error, retried", [
+    (LLMUnavailable("endpoint down"), True), (GPUBusy("gpu-h-0 busy"), True), (WorkerError("no worker"), True),
+    (ValueError("a kernel's own bug"), False), (None, False)])
+def test_tasks_retry_the_infrastructure_never_a_kernel(error, retried):
+    from tasks.retry import infrastructure_failure
+
+    assert infrastructure_failure(None, None, Finished(error)) is retried
+
+
+def test_artifact_keys_stay_the_same_for_an_operator_on_a_target():
+    from flows.monitoring import artifact_key
+
+    assert artifact_key("rmsnorm_bf16_M8192", "h100-sxm", "leaderboard") == "tune-rmsnorm-bf16-m8192-h100-sxm-leaderboard"
+    assert artifact_key("x" * 200, "h100-sxm", "progress").endswith("-progress")
+
+
+def test_the_harness_holds_the_timing_guard_around_each_timing_and_keys_its_verdicts():
+    from kevolve.evaluate.evaluator import Evaluator
+    from kevolve.evaluate.shared import EvaluatorRecipe
+    from kevolve.hardware import load_target
+    from kevolve.specs import resolve_spec
+    from tasks.gpu_slots import gpu_slot
+
+    held: list[str | None] = []
+
+    @contextmanager
+    def guard(gpu):
+        held.append(gpu)
+        yield
+
+    spec, target = resolve_spec("softmax"), load_target("cpu-interpreter")
+    honest = Candidate(softmax_kernel(), "softmax", MANUAL)
+    wrong = Candidate(unnormalised_softmax(), "softmax", MANUAL)
+    with Evaluator(spec, target, workers=1, baselines=False, timing_guard=guard) as evaluator:
+        results = evaluator.evaluate([honest, wrong])
+        assert [r.outcome.value for r in results] == ["correct", "wrong"]
+        assert held == [None]  # the correct one was timed, once, on the CPU (no GPU to name)
+        key = evaluator.cache_key(honest)
+        assert key == evaluator.cache_key(Candidate(softmax_kernel(), "softmax", MANUAL))
+        assert key != evaluator.cache_key(wrong)
+    with Evaluator(spec, target, workers=1, baselines=False, timeout_s=5) as stricter:
+        assert stricter.cache_key(honest) != key  # another judge, another verdict
+
+    recipe = EvaluatorRecipe(str(spec.path), target.name, workers=1, baselines=False, timing_guard=gpu_slot)
+    assert pickle.loads(pickle.dumps(recipe)) == recipe  # it travels to Dask workers
