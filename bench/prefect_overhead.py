@@ -14,7 +14,7 @@ traces). Goal: under 5%.
 
 On the GPU machine (prefect and its wheels carried from bench/make_wheelhouse.sh, see README):
 
-    python3 bench/prefect_overhead.py [--spec softmax] [--budget 24]
+    python3 bench/prefect_overhead.py [--spec softmax] [--budget 16]
 
 Writes prefect_overhead.json and prefect_overhead.md under $OUT (default bench/results/) and prints
 the markdown. A CPU check of the path (no speeds there): python3 bench/prefect_overhead.py
@@ -187,7 +187,7 @@ def main() -> int:
     p.add_argument("--spec", default="softmax")
     p.add_argument("--target", default=None, help="default: this machine's")
     p.add_argument("--policy", default="mcts")
-    p.add_argument("--budget", type=int, default=24)
+    p.add_argument("--budget", type=int, default=16)
     p.add_argument("--out", default=os.environ.get("OUT") or str(REPO / "bench" / "results"))
     args = p.parse_args()
     os.environ.setdefault("KEVOLVE_HOME", "/tmp/kevolve-home")  # the other benches' baselines are reused
