@@ -243,3 +243,31 @@ def test_embedding_lookup_with_2d_ids(tmp_path):
     assert match_family(spec).family == "embedding"
     for candidate in seeds(spec, n=3):
         assert problems(spec, candidate.code) == [], candidate.origin.config
+
+
+
+def test_cross_entropy_rows_of_odd_length_from_any_address_and_with_masked_classes():
+    """Chunks start on 16-byte boundaries behind each row: rows of odd length, a base pointer that
+    is not 16-byte aligned (no aligned chunks then) and -inf logits must all give the reference."""
+    import torch
+    import torch.nn.functional as F
+
+    from offline_support import load_module
+
+    spec = load_spec(REPO / "specs" / "cross_entropy.yaml")
+    m, v = 7, 203
+    flat = torch.randn(m * v + 1, generator=torch.Generator().manual_seed(4)).mul(4).to(torch.bfloat16)
+    shifted = flat[1:].view(m, v)  # one bf16 element past an aligned allocation
+    shifted[2, ::3] = float("-inf")
+    target = torch.randint(0, v, (m,), generator=torch.Generator().manual_seed(5))
+    target[2] = 1  # a class with a finite logit in the row with masked classes
+    candidates = seeds(spec, n=6)
+    assert {(c.origin.config["lse"], c.origin.config["aligned"]) for c in candidates} >= {("one_exp", True),
+                                                                                          ("rescale", False)}
+    for candidate in candidates:
+        fn = getattr(load_module(candidate.code), spec.entry_point)
+        for logits in (shifted, shifted.clone()):
+            want = F.cross_entropy(logits.double(), target)
+            got = fn(logits, target)
+            assert got.dtype == torch.float32
+            assert torch.allclose(got.double(), want, rtol=1e-5, atol=1e-5), (candidate.origin.config, got, want)
