@@ -271,3 +271,16 @@ def test_cross_entropy_rows_of_odd_length_from_any_address_and_with_masked_class
             got = fn(logits, target)
             assert got.dtype == torch.float32
             assert torch.allclose(got.double(), want, rtol=1e-5, atol=1e-5), (candidate.origin.config, got, want)
+
+
+@pytest.mark.parametrize("name", ["embedding_bag_sum", "jagged_segment_sum"])
+def test_every_jagged_seed_is_correct_with_empty_and_long_segments(name):
+    """The seeds that hold a whole bag or segment in one step as well as the ones that walk it:
+    odd widths, segments longer than a step and empty ones (about one in ten)."""
+    spec = load_spec(REPO / "specs" / f"{name}.yaml")
+    shapes = [dict(d) for d in spec.interpreter_dims] + [
+        {"V": 70, "D": 24, "B": 3, "L": 150} if name == "embedding_bag_sum" else {"L": 150, "D": 24, "B": 3}]
+    candidates = seeds(spec, n=5)
+    assert len({c.origin.config.get("UNROLL", c.origin.config.get("BLOCK_L")) for c in candidates}) >= 3
+    for candidate in candidates:
+        assert problems(spec, candidate.code, shapes=shapes, seeds=(1,)) == [], candidate.origin.config
