@@ -284,3 +284,20 @@ def test_every_jagged_seed_is_correct_with_empty_and_long_segments(name):
     assert len({c.origin.config.get("UNROLL", c.origin.config.get("BLOCK_L")) for c in candidates}) >= 3
     for candidate in candidates:
         assert problems(spec, candidate.code, shapes=shapes, seeds=(1,)) == [], candidate.origin.config
+
+
+def test_split_search_bucketize_with_ties_and_more_pieces_than_boundaries():
+    """Values equal to boundaries, repeated boundaries, infinities and more pieces than boundaries:
+    the split search lands where torch.bucketize does."""
+    import torch
+
+    from kevolve.synth.offline import render
+    from offline_support import load_module
+
+    spec = load_spec(REPO / "specs" / "bucketize.yaml")
+    boundaries = torch.tensor([-2.0, -1.0, -1.0, 0.0, 0.5, 0.5, 0.5, 1.0, 3.0])
+    x = torch.cat([boundaries, torch.linspace(-3, 4, 301), torch.tensor([float("inf"), -float("inf")])])
+    for splits in (4, 8, 64):
+        config = dict(seeds(spec)[0].origin.config, search="split", SPLITS=splits, BLOCK=64)
+        fn = getattr(load_module(render(spec, "bucketize", config)), spec.entry_point)
+        assert torch.equal(fn(x, boundaries), torch.bucketize(x, boundaries)), splits

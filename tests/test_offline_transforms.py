@@ -39,7 +39,8 @@ TRANSFORMED = {
                       {"BLOCK_N": 16, "BLOCK_M": 8, "lse": "one_exp", "aligned": True}],
     "embedding_bag_sum": [{"UNROLL": 1, "vec": 1}, {"BLOCK_D": 16, "UNROLL": 32, "vec": 8}],
     "jagged_segment_sum": [{"BLOCK_L": 1}, {"BLOCK_D": 32, "BLOCK_L": 64, "vec": 2}],
-    "bucketize": [{"search": "binary", "BLOCK": 128}, {"search": "linear", "BLOCK_K": 8, "BLOCK": 64}],
+    "bucketize": [{"search": "binary", "BLOCK": 128}, {"search": "linear", "BLOCK_K": 8, "BLOCK": 64},
+                  {"search": "split", "SPLITS": 4, "BLOCK": 64}, {"search": "split", "SPLITS": 64, "BLOCK": 128}],
 }
 
 
