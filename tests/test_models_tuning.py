@@ -23,10 +23,29 @@ def written(tmp_path_factory):
     return write_specs(extract_ops(case, H100), tmp_path_factory.mktemp("specs"))
 
 
-def test_choose_specs_takes_the_top_valid_ones_in_rank_order(written):
-    chosen = choose_specs(written, 3)
-    assert [w.group.name for w in chosen] == [w.group.name for w in written if w.ok][:3]
-    assert all(a.group.est_s >= b.group.est_s for a, b in zip(chosen, chosen[1:]))
+def test_choose_specs_ranks_by_what_can_be_won_and_skips_the_roofline(tmp_path):
+    """At Llama-7B widths the bf16 matmuls take most of the time but cuBLAS runs them at the
+    roofline: the norms, rotary and the gated MLP are what tuning can win."""
+    case = resolve_model("LlamaConfig", batch=2, seq=128, attn="sdpa",
+                         overrides=dict(num_hidden_layers=1, vocab_size=1024))
+    written = write_specs(extract_ops(case, H100), tmp_path)
+    choice = choose_specs(written, 3)
+    assert {w.group.pattern for w in choice.chosen} == {"rmsnorm", "rotary", "glu"}
+    gains = [w.group.gain_s() for w in choice.chosen]
+    assert gains == sorted(gains, reverse=True) and gains[-1] > 0
+    assert choice.skipped and all(w.group.pattern == "linear" and "at the roofline already" in why
+                                  for w, why in choice.skipped)
+    # A measured eager time replaces the estimate: a matmul measured at three times its floor
+    # comes first; a norm measured at its floor is skipped, and the reason says measured.
+    linear = max((w.group for w in written if w.group.pattern == "linear"), key=lambda g: g.est_s)
+    norm = next(w.group for w in choice.chosen if w.group.pattern == "rmsnorm")
+    measured = {linear.name: 3 * linear.fused_floor_s, norm.name: 1.01 * norm.fused_floor_s}
+    again = choose_specs(written, 3, measured)
+    assert again.chosen[0].group.name == linear.name
+    assert norm.name not in [w.group.name for w in again.chosen]
+    # With `top`, write_specs writes only the groups worth tuning, the most to win first.
+    only = write_specs(extract_ops(case, H100), tmp_path / "top", top=2)
+    assert [w.group.name for w in only] == [w.group.name for w in choice.chosen[:2]]
 
 
 def test_validated_dims_are_the_shapes_the_harness_checks(written):
@@ -95,9 +114,12 @@ def test_tune_model_steps_tune_the_top_specs_and_register_what_passed(tmp_path):
         return {"outputs": str(run), "run_id": f"run-{spec.name}", "evaluations": 1}
 
     config = dict(TINY_LLAMA, hidden_size=256, intermediate_size=1024)  # norms and MLP near the top
-    case = resolve_model("LlamaConfig", batch=1, seq=4, overrides=config)
+    case = resolve_model("LlamaConfig", batch=1, seq=64, overrides=config)
     report = tune_model_steps(case, CPU, tmp_path / "specs", tune_one, top=6)
-    assert len(tuned) == 6 and [r["spec"] for r in report["tuned"]] == tuned
+    # five groups have something to win; the matmuls, the largest by time, are at the roofline
+    assert len(tuned) == 5 and [r["spec"] for r in report["tuned"]] == tuned
+    assert report["skipped"] and all(r["spec"].startswith(("linear", "bmm")) for r in report["skipped"])
+    assert "skipped: at the roofline already" in (tmp_path / "specs" / "tune_model.md").read_text()
     registered = {r["spec"] for r in report["tuned"] if r["library"]}
     assert {n.split("_")[0] for n in registered} == {"rmsnorm", "swiglu"}
     assert {e.operator for e in entries()} == registered
