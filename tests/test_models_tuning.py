@@ -125,3 +125,41 @@ def test_tune_model_steps_tune_the_top_specs_and_register_what_passed(tmp_path):
     assert {e.operator for e in entries()} == registered
     assert all("no correct kernel" in r["result"] for r in report["tuned"] if not r["library"])
     assert "| rmsnorm" in (tmp_path / "specs" / "tune_model.md").read_text()
+
+
+def test_offline_kernels_pass_the_rec_models_embedding_bag_spec_at_model_proportions(tmp_path):
+    """The spec `kevolve model ops` writes for a recommendation model's embedding bags (fp32,
+    a large table, jagged offsets, lengths about 40): the offline synthesizer's kernels pass the
+    harness at the spec's own tuned and check shapes, scaled down for the interpreter. Its
+    small-batch check keeps the model's bag lengths rather than piling the whole jagged total
+    into three bags."""
+    import importlib.util
+
+    import yaml
+
+    from kevolve.evaluate import Evaluator
+    from kevolve.models.trace import ModelCase
+    from kevolve.synth.base import SynthesisRequest
+    from kevolve.synth.offline import OfflineSynthesizer
+
+    source = importlib.util.spec_from_file_location("rec_model_fixture", FIXTURES / "rec_model.py")
+    rec = importlib.util.module_from_spec(source)
+    source.loader.exec_module(rec)
+    build = lambda: (*rec.make(batch=16, tables=1, rows=20_000, dim=32, dense_in=13, bottom=[16], top=[16],  # noqa: E731
+                               mean_len=40), {})
+    written = write_specs(extract_ops(ModelCase(name="rec", build=build), H100), tmp_path)
+    path = next(w.path for w in written if w.group.pattern == "embedding_bag")
+    doc = yaml.safe_load(path.read_text())
+    tune, checks = doc["shapes"]["tune"], doc["shapes"]["check"]
+    assert tune["V"] == 20_000 and tune["L"] >= 16 * 40 * 0.8
+    assert all(0.8 < (c["L"] / c["B"]) / (tune["L"] / tune["B"]) < 1.25 for c in checks)  # bags keep their lengths
+    doc["shapes"]["interpreter"] = [tune, *checks]  # the model's proportions, under the interpreter
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    spec = load_spec(path)
+    with Evaluator(spec, CPU, workers=1, baselines=False) as judge:
+        request = SynthesisRequest(spec=spec, target=CPU, ceilings=judge.ceilings, n=3)
+        candidates = OfflineSynthesizer(rng_seed=0).propose(request)
+        evaluations = judge.evaluate(candidates)
+    assert len(evaluations) == 3
+    assert all(e.outcome is Outcome.CORRECT for e in evaluations), [(e.error, e.failed_checks()) for e in evaluations]
+    assert {d["B"] for d in validated_dims(spec, CPU)} == {tune["B"], *(c["B"] for c in checks)}
