@@ -67,7 +67,9 @@ def gpu_doc() -> dict:
                                                                          error="suite time limit (480 s)")]}
 
 
-def test_gpu_figures_are_tabled_with_speedups_and_plotted():
+def test_gpu_figures_are_tabled_with_speedups_and_plotted(tmp_path):
+    from kevolve.report.bench import replot
+
     doc = gpu_doc()
     text = markdown(doc, "bench_suite")
     assert "| softmax | search r1 | 0.27 | 0.16 | - | 0.09 | 3.00x | 1.78x | - | 95% | memory | 6 (6) | 4.2 | 0 |" in text
@@ -77,6 +79,14 @@ def test_gpu_figures_are_tabled_with_speedups_and_plotted():
     svgs = plots(doc)
     assert "Best kernel's speedup per spec" in svgs["speedup"] and "n/a" in svgs["speedup"]
     assert "softmax" in svgs["curves"] and "matmul" in svgs["curves"]
+    # figures written on a GPU machine without matplotlib are drawn later from their JSON
+    (tmp_path / "gpu.json").write_text(json.dumps(doc))
+    assert replot(tmp_path / "gpu.json").read_text() == markdown(doc, "gpu")
+    assert (tmp_path / "gpu_speedup.svg").read_text() == svgs["speedup"]
+    assert "--replot gpu.json" in markdown(doc, "gpu", drawn=False)
+    (tmp_path / "bad.json").write_text("{}")
+    with pytest.raises(KevolveError, match="not a JSON file written by `kevolve bench`"):
+        replot(tmp_path / "bad.json")
 
 
 PROBLEMS = {

@@ -5,7 +5,6 @@ no error. A timed tree (built by hand) checks the speedup curve and the figures 
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import subprocess

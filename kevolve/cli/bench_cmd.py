@@ -4,6 +4,7 @@ of a suite (the example specs by default), as JSON, a markdown table and SVG plo
     kevolve bench                                   every example spec, this machine's target
     kevolve bench specs/ --budget 6 --out bench/results
     kevolve bench softmax,layernorm --fresh         search even where the library holds a kernel
+    kevolve bench --replot bench/results/bench_suite.json   the table and plots again from the JSON
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ def register(sub) -> None:
     p.add_argument("--out", default="kevolve-bench", help="folder for the JSON, markdown and plots "
                                                           "(default ./kevolve-bench)")
     p.add_argument("--name", default="bench_suite", help="file stem of the outputs (default bench_suite)")
+    p.add_argument("--replot", metavar="JSON", help="write the table and plots again from a bench's JSON, and exit")
     p.set_defaults(func=run)
 
 
@@ -39,6 +41,11 @@ def run(args) -> int:
     from kevolve.report.bench import BenchSettings, run_suite, suite_paths
     from kevolve.search.config import POLICIES
 
+    if args.replot:
+        from kevolve.report.bench import replot
+
+        print(f"wrote {replot(Path(args.replot))} and its plots")
+        return 0
     if args.policy not in POLICIES:
         raise KevolveError(f"unknown policy {args.policy!r}; choose one of {', '.join(POLICIES)}")
     if args.budget < 1:

@@ -12,6 +12,7 @@ is computed.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import shutil
@@ -258,13 +259,32 @@ def one_line(r: SpecResult, interpreter: bool) -> str:
 
 # Writing ---------------------------------------------------------------------------------------
 def write(out: Path, name: str, doc: dict[str, Any]) -> None:
+    """The JSON, the table and (where matplotlib is installed) the plots. A GPU machine without
+    matplotlib still writes the figures; `kevolve bench --replot NAME.json` draws them later."""
     (out / f"{name}.json").write_text(json.dumps(doc, indent=1))
-    (out / f"{name}.md").write_text(markdown(doc, name))
-    for suffix, svg in plots(doc).items():
-        (out / f"{name}_{suffix}.svg").write_text(svg)
+    drawn = importlib.util.find_spec("matplotlib") is not None
+    (out / f"{name}.md").write_text(markdown(doc, name, drawn))
+    if drawn:
+        for suffix, svg in plots(doc).items():
+            (out / f"{name}_{suffix}.svg").write_text(svg)
 
 
-def markdown(doc: dict[str, Any], name: str) -> str:
+def replot(json_path: Path) -> Path:
+    """The table and plots again from a bench's JSON (e.g. one written where matplotlib was missing)."""
+    from kevolve.errors import KevolveError
+
+    try:
+        doc = json.loads(json_path.read_text())
+        doc["specs"]
+    except (OSError, ValueError, KeyError, TypeError):
+        raise KevolveError(f"{json_path} is not a JSON file written by `kevolve bench`") from None
+    if importlib.util.find_spec("matplotlib") is None:
+        raise KevolveError("drawing the plots needs matplotlib: pip install 'matplotlib>=3.8'")
+    write(json_path.parent, json_path.stem, doc)
+    return json_path.parent / f"{json_path.stem}.md"
+
+
+def markdown(doc: dict[str, Any], name: str, drawn: bool = True) -> str:
     interp = doc["interpreter"]
     s = doc["settings"]
     lines = [f"# Suite bench on {doc['device'] or doc['target']} ({doc['target']})", ""]
@@ -308,7 +328,10 @@ def markdown(doc: dict[str, Any], name: str) -> str:
     if missing:
         lines += ["", "Baselines that could not be timed:", ""]
         lines += [f"- {spec}, {BASELINE_LABELS.get(n, n)}: {e[:160]}" for spec, n, e in missing]
-    lines += ["", f"![speedup per spec]({name}_speedup.svg)", "", f"![speedup over evaluations]({name}_curves.svg)"]
+    if drawn:
+        lines += ["", f"![speedup per spec]({name}_speedup.svg)", "", f"![speedup over evaluations]({name}_curves.svg)"]
+    else:
+        lines += ["", f"No plots: matplotlib is not installed here; `kevolve bench --replot {name}.json` draws them."]
     return "\n".join(lines) + "\n"
 
 

@@ -13,7 +13,9 @@ fast_1 and fast_p are marked as not measurable.
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import os
 import re
 import shutil
 import time
@@ -89,8 +91,6 @@ def run_kernelbench(root: Path, level: int, problems: Sequence[str], settings: B
     target = load_target(settings.target) if settings.target else detect_target()
     settings = replace(settings, offline=settings.offline or not _llm_answers(settings))
     if target.interpreter:
-        import os
-
         os.environ.setdefault("TRITON_INTERPRET", "1")
     kernels_dir = out / f"level{level}"
     kernels_dir.mkdir(parents=True, exist_ok=True)
@@ -153,9 +153,7 @@ def _llm_answers(settings: BenchSettings) -> bool:
     from kevolve.search.components import llm_answers
     from kevolve.synth.llm.client import default_llm_url
 
-    try:
-        import openai  # noqa: F401
-    except ImportError:
+    if importlib.util.find_spec("openai") is None:
         return False
     return bool(llm_answers(default_llm_url()))
 
