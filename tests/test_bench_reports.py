@@ -28,9 +28,11 @@ def test_the_suite_bench_searches_then_takes_the_librarys_kernel(tmp_path):
     assert row["status"] == "ok" and row["source"].startswith("search clamp_log1p-cpu-interpreter-")
     assert row["evaluations"] == 2 and row["correct"] >= 1 and row["gpu_s"] > 0
     assert row["best_ms"] is None and row["speedup"] == {} and row["fraction_of_floor"] is None  # no speed here
-    assert Path(row["report"]).is_file() and Path(row["kernel"]).is_file()
+    assert row["report"] == "bench_suite_reports/clamp_log1p.html" and Path(row["kernel"]).is_file()
+    assert "clamp_log1p on cpu-interpreter" in (out / row["report"]).read_text()
     text = (out / "bench_suite.md").read_text()
     assert "Interpreter run (CPU)" in text and "correct (no speed)" in text and "kevolve bench clamp_log1p" in text
+    assert "(bench_suite_reports/clamp_log1p.html)" in text
     for plot in ("bench_suite_speedup.svg", "bench_suite_curves.svg"):
         svg = (out / plot).read_text()
         assert svg.startswith("<svg") and "never kernel speed" in svg
@@ -38,7 +40,7 @@ def test_the_suite_bench_searches_then_takes_the_librarys_kernel(tmp_path):
 
     # the kernel found goes to the library; the next bench takes it from there, unless --fresh
     spec = resolve_spec("clamp_log1p")
-    run_dir = Path(row["report"]).parent
+    run_dir = Path(row["kernel"]).parent
     evaluation = Evaluation.from_json((run_dir / "best_evaluation.json").read_text())
     entry = library.register(spec, "cpu-interpreter", Path(row["kernel"]).read_text(), evaluation,
                              [row["dims"]])

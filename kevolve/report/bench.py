@@ -5,7 +5,8 @@ fraction of the roofline floor it reaches and what it cost (evaluations, GPU sec
 
 One worker pool serves the whole suite (starting workers is the expensive part), each spec's
 baselines are timed once by the harness and cached. Written after every spec, so a suite cut
-short keeps what it measured: NAME.json, NAME.md, NAME_speedup.svg and NAME_curves.svg.
+short keeps what it measured: NAME.json, NAME.md, NAME_speedup.svg, NAME_curves.svg, and each
+search's report page in NAME_reports/.
 Under Triton's interpreter nothing here is a kernel speed: the figures say so and no speedup
 is computed.
 """
@@ -114,12 +115,22 @@ def run_suite(paths: Sequence[Path], settings: BenchSettings, out: Path, name: s
             else:
                 say(f"== {path.stem}")
                 result = bench_spec(path, target, pool, settings)
+                result.report = _keep_report(result, out / f"{name}_reports")
             doc["specs"].append(asdict(result))
             doc["device"] = doc["device"] or pool.device_name or ("cpu" if target.interpreter else "")
             doc["seconds"] = round(time.monotonic() - started, 1)
             write(out, name, doc)
             say(f"   {one_line(result, target.interpreter)}")
     return doc
+
+
+def _keep_report(result: SpecResult, folder: Path) -> str:
+    """The run's page beside the figures (the state folder may be a machine's /tmp)."""
+    if not result.report or not Path(result.report).is_file():
+        return result.report
+    folder.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(result.report, folder / f"{result.spec}.html")
+    return f"{folder.name}/{result.spec}.html"
 
 
 @contextmanager
@@ -312,7 +323,8 @@ def markdown(doc: dict[str, Any], name: str, drawn: bool = True) -> str:
         if interp and r["status"] == "ok":
             best = "correct (no speed)"
         floor = f"{100 * r['fraction_of_floor']:.0f}%" if r["fraction_of_floor"] is not None else "-"
-        lines.append(f"| {r['spec']} | {r['source']} | {_ms(b.get('eager'))} | {_ms(b.get('compile_default'))} | "
+        source = f"[{r['source']}]({r['report']})" if r["report"] and not r["report"].startswith("/") else r["source"]
+        lines.append(f"| {r['spec']} | {source} | {_ms(b.get('eager'))} | {_ms(b.get('compile_default'))} | "
                      f"{_ms(b.get('compile_max_autotune'))} | {best} | {_x(x.get('eager'))} | "
                      f"{_x(x.get('compile_default'))} | {_x(x.get('compile_max_autotune'))} | {floor} | "
                      f"{r['bound'] or '-'} | {r['evaluations']} ({r['correct']}) | {r['gpu_s']:.1f} | "
