@@ -5,6 +5,8 @@
 - path.md: the steps from the reference to it, each with what made it, its timing and diagnosis
 - tree.json: every node of the search
 - summary.md: the run in a page: settings, why it ended, the best kernel, LLM usage, notes
+- report.html: the run as a self-contained web page (kevolve/report/run_page.py): the tree drawn,
+  the speedup curve, the best kernel's code, the diagnosis and knowledge behind each step, the cost
 - ModelNew.py (KernelBench specs): the best kernel, for KernelBench's own harness
 """
 
@@ -17,7 +19,7 @@ from typing import Any
 from kevolve.paths import state_dir
 from kevolve.search.config import TuneSettings
 from kevolve.search.fitness import speedup
-from kevolve.search.store import origin_to_dict
+from kevolve.search.store import SearchStore, origin_to_dict
 from kevolve.search.tree import Node, SearchTree
 from kevolve.specs.model import OperatorSpec
 
@@ -26,7 +28,9 @@ def run_dir(run_id: str) -> Path:
     return state_dir() / "runs" / run_id
 
 
-def write(directory: Path, spec: OperatorSpec, tree: SearchTree, summary: Any, settings: TuneSettings) -> Path:
+def write(directory: Path, spec: OperatorSpec, tree: SearchTree, summary: Any, settings: TuneSettings,
+          store: SearchStore | None = None) -> Path:
+    """The run's files; report.html too when the store is given (the page reads the run from it)."""
     directory.mkdir(parents=True, exist_ok=True)
     best = tree.get(summary.best_node) if summary.best_node is not None else None
     if best is not None:
@@ -40,6 +44,10 @@ def write(directory: Path, spec: OperatorSpec, tree: SearchTree, summary: Any, s
     (directory / "tree.json").write_text(json.dumps(tree_json(tree), indent=1))
     kernelbench = best is not None and spec.format == "kernelbench"
     (directory / "summary.md").write_text(summary_markdown(summary, settings, best, tree, kernelbench))
+    if store is not None:
+        from kevolve.report import run_page
+
+        run_page.write(directory, store, summary.run_id, summary.notes)
     return directory
 
 
@@ -136,5 +144,5 @@ def summary_markdown(summary: Any, settings: TuneSettings, best: Node | None, tr
         outcomes[key] = outcomes.get(key, 0) + 1
     lines += ["", "Outcomes: " + ", ".join(f"{k} {v}" for k, v in sorted(outcomes.items())), "",
               "Files: " + ("best_kernel.py, best_evaluation.json, " if best is not None else "")
-              + "path.md, tree.json" + (", ModelNew.py" if kernelbench else "")]
+              + "path.md, tree.json, report.html" + (", ModelNew.py" if kernelbench else "")]
     return "\n".join(lines) + "\n"
