@@ -35,11 +35,32 @@ sys.path[:0] = [str(REPO)]
 GOAL = 0.95  # of the best speedup
 
 
+def at_dims(spec: str, dims: str | None, state: Path, dtype: str | None = None) -> str:
+    """The example spec, tuned at other dimensions (`M=131072,N=256`) or with another input dtype:
+    written beside the state, with its reference path made absolute. Without either, the example as it is."""
+    if not dims and not dtype:
+        return spec
+    import yaml
+
+    source = REPO / "specs" / f"{spec}.yaml"
+    doc = yaml.safe_load(source.read_text())
+    if dims:
+        doc["shapes"]["tune"] = {k: int(v) for k, v in (kv.split("=") for kv in dims.split(","))}
+    for tensor in doc["inputs"] if dtype else []:
+        tensor["dtype"] = dtype
+    ref_file, _, ref_fn = doc["reference"].partition(":")
+    doc["reference"] = f"{(source.parent / ref_file).resolve()}:{ref_fn}"
+    path = state / "specs" / f"{spec}.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return str(path)
+
+
 def search(spec: str, args, knowledge: bool) -> dict:
     from flows.tune_operator import tune
     from kevolve.search.launch import plan_run
 
-    plan = plan_run(spec, target=args.target, offline=True, knowledge=knowledge,
+    plan = plan_run(at_dims(spec, args.dims, Path(os.environ["KEVOLVE_HOME"]), args.dtype), target=args.target, offline=True, knowledge=knowledge,
                     search={"policy": args.policy, "budget": args.budget, "seeds": 2, "children_per_expansion": 2})
     start = time.perf_counter()
     summary = tune(plan).to_dict()
@@ -121,7 +142,7 @@ def _verdict_lines(verdict: dict) -> list[str]:
 
 
 def markdown(device: str, runs: list[dict], verdict: dict, skills: list[dict]) -> str:
-    lines = [f"# Learning across runs on {device}", ""]
+    lines = [f"# Learning across runs on {device}", "", f"Command: `{' '.join(['python3', *sys.argv])}`", ""]
     for run in runs:
         lines.append(f"- {run['spec']} ({'with' if run['knowledge'] else 'without'} knowledge): {run['reason']}; "
                      f"{run['evaluations']} evaluations, best speedup {run['best_speedup']}, {run['seconds']} s "
@@ -158,6 +179,10 @@ def main() -> int:
     p.add_argument("--budget", type=int, default=16, help="evaluations per run")
     p.add_argument("--runs", default="softmax,with,without",
                    help="which of softmax,with,without to run now (the report covers all done so far)")
+    p.add_argument("--dims", default=None,
+                   help="tune both specs at these dimensions instead of their own, e.g. M=131072,N=256")
+    p.add_argument("--dtype", default=None, help="inputs of both specs in this dtype instead, e.g. fp32")
+    p.add_argument("--first", default="softmax", help="the spec of the first run, whose skills the second may use")
     p.add_argument("--state", default=None,
                    help="state folder kept between commands (default: a fresh temporary one)")
     p.add_argument("--out", default=os.environ.get("OUT") or str(REPO / "bench" / "results"))
@@ -173,6 +198,7 @@ def main() -> int:
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu (Triton interpreter)"
     for name in [r for r in args.runs.split(",") if r]:
         spec, knowledge = RUNS[name]
+        spec = args.first if name == "softmax" else spec
         summary = search(spec, args, knowledge=knowledge)
         if name == "softmax":
             summary["skills_after"] = skills_table()

@@ -131,11 +131,13 @@ def measure_ceilings(device: str) -> dict:
 
 def floor_of(spec, family: str, dims, xs, out, ceilings) -> tuple[float, float, float]:
     """(minimal bytes, FLOPs, floor ms): every input read once and the output written once; an
-    embedding bag reads only the rows it gathers."""
+    embedding bag reads only the distinct rows it gathers (a repeated row need not come from DRAM twice)."""
+    import torch
+
     sizes = [t.numel() * t.element_size() for t in xs]
     if family == "embedding_bag":
         table, indices = xs[0], xs[1]
-        sizes[0] = min(sizes[0], indices.numel() * table.shape[1] * table.element_size())
+        sizes[0] = min(sizes[0], torch.unique(indices).numel() * table.shape[1] * table.element_size())
     nbytes = float(sum(sizes) + out.numel() * out.element_size())
     flops = 0.0
     if family == "matmul":
@@ -143,6 +145,51 @@ def floor_of(spec, family: str, dims, xs, out, ceilings) -> tuple[float, float, 
         flops = 2.0 * m * k * out.shape[-1]
     floor_s = max(nbytes / (ceilings["copy_gbps"] * 1e9), flops / (ceilings["bf16_matmul_tflops"] * 1e12))
     return nbytes, flops, floor_s * 1e3
+
+
+_GATHER_SUM = """import triton
+import triton.language as tl
+
+
+@triton.jit
+def gather_sum(table_ptr, idx_ptr, out_ptr, L, D, BLOCK_L: tl.constexpr, BLOCK_D: tl.constexpr):
+    # BLOCK_L lookups of whole rows at once, summed into one row per program: the reads of a
+    # gather with nothing else to wait on, and writes too few to count
+    lanes = tl.program_id(0) * BLOCK_L + tl.arange(0, BLOCK_L)
+    cols = tl.arange(0, BLOCK_D)
+    idx = tl.load(idx_ptr + lanes, mask=lanes < L, other=0)
+    m = (lanes < L)[:, None] & (cols < D)[None, :]
+    rows = tl.load(table_ptr + idx.to(tl.int64)[:, None] * D + cols[None, :], mask=m, other=0.0)
+    tl.store(out_ptr + tl.program_id(0).to(tl.int64) * D + cols, tl.sum(rows, axis=0), mask=cols < D)
+"""
+
+
+def gather_ceiling(table, indices, bench, folder: Path) -> dict:
+    """The fastest the rows an embedding bag gathers can be read here, no reduction: random rows
+    may not stream at the copy bandwidth on any GPU. Times torch.index_select into [L, D] (its
+    write included) and a plain Triton gather at a few tile sizes; `gather_ms` is the fastest read."""
+    import torch
+    import triton
+
+    (folder / "gather_sum.py").write_text(_GATHER_SUM)  # triton reads a kernel's source from a file
+    loaded = importlib.util.spec_from_file_location(f"gather_sum_{time.monotonic_ns()}", folder / "gather_sum.py")
+    module = importlib.util.module_from_spec(loaded)
+    loaded.loader.exec_module(module)
+    n, d = indices.numel(), table.shape[1]
+    block_d = triton.next_power_of_2(d)
+    out = {"index_select_ms": bench(lambda: torch.index_select(table, 0, indices)), "triton_ms": {}}
+    for block_l, warps in ((16, 4), (32, 4), (32, 8), (64, 8)):
+        if block_l * block_d > 16384:
+            continue
+        sums = torch.empty(triton.cdiv(n, block_l), d, device=table.device, dtype=table.dtype)
+        grid = (triton.cdiv(n, block_l),)
+        out["triton_ms"][f"BLOCK_L={block_l},num_warps={warps}"] = bench(
+            lambda: module.gather_sum[grid](table, indices, sums, n, d, BLOCK_L=block_l, BLOCK_D=block_d,
+                                            num_warps=warps))
+    out["gather_ms"] = min(out["triton_ms"].values(), default=out["index_select_ms"])
+    out["row_bytes"] = float(n * d * table.element_size())
+    out["gather_gbps"] = out["row_bytes"] / (out["gather_ms"] / 1e3) / 1e9
+    return out
 
 
 def load_candidate(code: str, folder: Path, index: int):
@@ -196,6 +243,13 @@ def bench_spec(spec, device: str, ceilings: dict, args) -> dict:
         except Exception as exc:
             result["baseline_errors"][name] = f"{type(exc).__name__}: {str(exc)[:200]}"
 
+    folder = Path(tempfile.mkdtemp(prefix=f"offline-{spec.name}-"))
+    if family == "embedding_bag":
+        # the bag's least time if its rows came at the measured gather rate and the rest at copy rate
+        gather = gather_ceiling(xs[0], xs[1], bench, folder)
+        rest = sum(t.numel() * t.element_size() for t in xs[1:]) + expected.numel() * expected.element_size()
+        gather["floor_ms"] = gather["gather_ms"] + rest / (ceilings["copy_gbps"] * 1e9) * 1e3
+        result["gather_ceiling"] = gather
     synth = OfflineSynthesizer(rng_seed=0)
     ceil = Ceilings(copy_gbps=ceilings["copy_gbps"], matmul_tflops={"bf16": ceilings["bf16_matmul_tflops"]},
                     source="measured")
@@ -204,7 +258,6 @@ def bench_spec(spec, device: str, ceilings: dict, args) -> dict:
     attempts: dict[str, Attempt] = {}
     failures: list[str] = []
     start = time.perf_counter()
-    folder = Path(tempfile.mkdtemp(prefix=f"offline-{spec.name}-"))
 
     def evaluate(c: Candidate) -> Attempt:
         t0 = time.perf_counter()
@@ -271,6 +324,8 @@ def bench_spec(spec, device: str, ceilings: dict, args) -> dict:
         fraction_of_floor=floor_ms / best["time_ms"] if best else None,
         achieved_gbps=nbytes / (best["time_ms"] / 1e3) / 1e9 if best else None,
         fraction_of_copy=(nbytes / (best["time_ms"] / 1e3) / 1e9) / ceilings["copy_gbps"] if best else None,
+        fraction_of_gather=(result["gather_ceiling"]["floor_ms"] / best["time_ms"]
+                            if best and "gather_ceiling" in result else None),
         speedup={k: v / best["time_ms"] for k, v in base.items()} if best else {},
         memory_bound=family in MEMORY_FAMILIES, failures=failures[:8],
         trail=[{k: e[k] for k in ("transforms", "outcome", "time_ms", "note")} for e in evaluated],
@@ -285,17 +340,19 @@ def write(out: Path, stem: str, run: dict) -> int:
              f"torch {run['software']['torch']}, triton {run['software']['triton']}; measured in the same run: "
              f"copy {c['copy_gbps']} GB/s, bf16 matmul {c['bf16_matmul_tflops']} TFLOP/s. Medians of do_bench "
              "(L2 flushed each repeat). Floor = max(min bytes / copy, FLOPs / matmul); % floor = floor / best. "
-             f"Search budget {run['budget_s']} s per spec.", "",
+             f"Search budget {run['budget_s']} s per spec. An embedding bag's least bytes count each distinct "
+             "row once; % gather = its time if the rows came at the rate a plain gather of the same rows "
+             "reaches here (the gather ceiling below) and the rest at copy bandwidth, over best.", "",
              "| spec | family | eager ms | compile ms | max-autotune ms | best ms | vs max-autotune | % floor | "
-             "% copy BW | evals (correct) | GPU s | best config |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "% copy BW | % gather | evals (correct) | GPU s | best config |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
 
     def ms(v):
         return f"{v:.4f}" if isinstance(v, (int, float)) else "-"
 
     for s in run["specs"]:
         if "error" in s:
-            lines.append(f"| {s['spec']} | error: {s['error'][:80]} |" + " |" * 10)
+            lines.append(f"| {s['spec']} | error: {s['error'][:80]} |" + " |" * 11)
             continue
         b = s["baselines_ms"]
         best = s.get("best_ms")
@@ -304,10 +361,21 @@ def write(out: Path, stem: str, run: dict) -> int:
         vs_best = f"{vs / best:.2f}x" if best and vs else "-"
         floor = f"{100 * s['fraction_of_floor']:.0f}%" if best else "-"
         copy = f"{100 * s['fraction_of_copy']:.0f}%" if best and s["memory_bound"] else "-"
+        gather = f"{100 * s['fraction_of_gather']:.0f}%" if s.get("fraction_of_gather") else "-"
         lines.append(
             f"| {s['spec']} | {s['family']} | {ms(b.get('eager'))} | {ms(b.get('compile_default'))} | "
-            f"{ms(b.get('compile_max_autotune'))} | {ms(best)} | {vs_best} | {floor} | {copy} | "
+            f"{ms(b.get('compile_max_autotune'))} | {ms(best)} | {vs_best} | {floor} | {copy} | {gather} | "
             f"{s['evaluations']} ({s['correct']}) | {s['gpu_s']} | {cfg} |")
+    gathers = [s for s in run["specs"] if s.get("gather_ceiling")]
+    if gathers:
+        lines += ["", "## Gather ceiling (the rows an embedding bag reads, gathered with no reduction)", "",
+                  "| spec | rows read MB | index_select ms (+ its write) | best Triton gather ms | GB/s | "
+                  "% of copy BW | gather floor ms |", "|---|---|---|---|---|---|---|"]
+        for s in gathers:
+            g = s["gather_ceiling"]
+            lines.append(f"| {s['spec']} | {g['row_bytes'] / 1e6:.1f} | {ms(g['index_select_ms'])} | "
+                         f"{ms(g['gather_ms'])} | {g['gather_gbps']:.0f} | "
+                         f"{100 * g['gather_gbps'] / c['copy_gbps']:.0f}% | {ms(g['floor_ms'])} |")
     failing = [s for s in run["specs"] if s.get("failures")]
     if failing:
         lines += ["", "## Candidates that failed (first few per spec)", ""]

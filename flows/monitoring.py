@@ -5,7 +5,7 @@ run of an operator on a target, so the UI keeps each key's history (last night's
     tune-OPERATOR-TARGET-leaderboard   the correct kernels, fittest first
     tune-OPERATOR-TARGET-best-kernel   the run's summary, the best kernel's path through the tree
                                        with each step's diagnosis, and its code
-    tune-OPERATOR-TARGET-speedup       best speedup over evaluations (a plot)
+    tune-OPERATOR-TARGET-speedup       best speedup over evaluations (the run page's curve)
 
 Everything shown is read from the run's outputs (kevolve.search.outputs), never re-derived.
 """
@@ -75,12 +75,12 @@ def best_kernel_markdown(out: Path) -> str:
 
 
 def speedup_markdown(out: Path) -> str:
-    series = json.loads((out / "progress.json").read_text())
-    timed = any(p["timed"] for p in series)
-    lines = ["# Best " + ("speedup" if timed else "fitness (interpreter: correctness only)") + " over evaluations", ""]
-    plot = out / "speedup.png"
+    curve = json.loads((out / "speedup.json").read_text())
+    what = "best speedup" if curve["timed"] else "correct kernels (interpreter: no kernel speed)"
+    lines = [f"# {what[0].upper() + what[1:]} over evaluations", ""]
+    plot = out / "speedup.svg"
     if plot.is_file():
-        lines += [f"![best so far](data:image/png;base64,{base64.b64encode(plot.read_bytes()).decode()})", ""]
-    lines += ["| evaluation | node | fitness | best so far |", "|---|---|---|---|"]
-    lines += [f"| {p['evaluation']} | {p['node']} | {p['fitness']:.3g} | {p['best']:.3g} |" for p in series]
+        lines += [f"![{what}](data:image/svg+xml;base64,{base64.b64encode(plot.read_bytes()).decode()})", ""]
+    lines += [f"| evaluation | {what} so far |", "|---|---|"]
+    lines += [f"| {x} | {y:.3g} |" for x, y in zip(curve["xs"], curve["ys"])]
     return "\n".join(lines) + "\n"

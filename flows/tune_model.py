@@ -1,7 +1,8 @@
 """The `tune_model` flow: a model's operators to tuned kernels in the library.
 
     extract the operators (fake tensors, no weights) -> write a spec per recognised group ->
-    tune the top specs, each a `tune_operator` sub-flow -> register each run's best kernel
+    tune the specs with the most to win (eager time above the fused floor), each a
+    `tune_operator` sub-flow -> register each run's best kernel
 
 The sequence is kevolve.models.tuning.tune_model_steps; this flow hands it Prefect tasks for
 its steps and the `tune_operator` flow for the search, so each spec's run shows in the UI under
@@ -80,9 +81,9 @@ if PREFECT:
                    overrides: dict[str, Any] | None = None, attn: str = "eager", llm: str | None = None,
                    offline: bool = False, search: dict[str, Any] | None = None,
                    knowledge: bool = True) -> dict[str, Any]:
-        """Tune the `top` operators of a model (CONFIG as `kevolve model ops` takes it) and put
-        the kernels that pay into the library; `search` holds tune_operator's search settings
-        (budget, policy, ...)."""
+        """Tune the `top` operators of a model with the most to win (CONFIG as `kevolve model ops`
+        takes it; groups already at the roofline are skipped) and put the kernels that pay into
+        the library; `search` holds tune_operator's search settings (budget, policy, ...)."""
         from prefect.artifacts import create_markdown_artifact
 
         from kevolve.models.tuning import report_markdown

@@ -36,7 +36,7 @@ def search_loop(session: SearchSession, stages: Stages) -> RunSummary:
                 reason = "nothing left to expand: every open node's expansions came back with nothing new"
                 break
             requests = [stages.retrieve(session.context, session.tree, e) for e in expansions]
-            session.record_retrieval(requests)
+            session.record_retrieval(expansions, requests)
             proposals = stages.synthesize(session.synthesizer, requests)
             session.record_usage()
             children = session.add_children(expansions, proposals)  # persisted; duplicates dropped

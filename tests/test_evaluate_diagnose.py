@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from kevolve.candidate import Candidate, Origin
 from kevolve.evaluate import ncu
@@ -223,3 +224,18 @@ def test_worker_environment_keeps_no_secrets_and_puts_caches_in_scratch(tmp_path
     for key in ("HOME", "TMPDIR", "TRITON_CACHE_DIR", "TORCHINDUCTOR_CACHE_DIR"):
         assert env[key].startswith(str(tmp_path)) and Path(env[key]).is_dir()
     assert worker_env(tmp_path, gpu=None, interpreter=True)["TRITON_INTERPRET"] == "1"
+
+
+def test_least_bytes_of_an_embedding_bag_count_each_distinct_row_once(tmp_path):
+    from kevolve.evaluate.cost import reference_cost
+    from kevolve.specs import load_spec
+    from kevolve.specs.runtime import OperatorRuntime
+
+    spec = load_spec(Path(__file__).resolve().parent.parent / "specs" / "embedding_bag_sum.yaml")
+    runtime = OperatorRuntime(spec)
+    dims = {"V": 300, "D": 16, "B": 5, "L": 200}  # 200 lookups into 300 rows: about a third repeat
+    table, indices, offsets = runtime.inputs(dims, seed=0)
+    rows = torch.unique(indices).numel()
+    assert rows < indices.numel()
+    want = rows * 16 * 4 + indices.numel() * 8 + offsets.numel() * 8 + 5 * 16 * 4
+    assert reference_cost(runtime, dims, "cpu").min_bytes == want

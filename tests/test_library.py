@@ -278,3 +278,48 @@ def test_kernels_judged_by_the_harness_go_through_the_library(llama_specs, rec_s
         out = kernel_fn(*inputs)
         assert kernel_fn.counts.kernel == 1
         assert torch.allclose(out.float(), kernel_fn.reference(*inputs).float(), atol=0.07, rtol=0.02)
+
+
+def test_compiled_model_with_library_kernels_has_no_graph_breaks(rec_specs, tmp_path):
+    """Two library kernels of the same computation (bags at two batch sizes) put into the
+    recommendation model: one custom op chooses between them inside, so torch.compile traces
+    the whole forward as one graph and gives the patched model's output. A table of another
+    width is left alone: no kernel was validated at its sizes, so it would only fall back."""
+    import importlib.util
+
+    from kevolve.library.patch import patch_model
+
+    spec = importlib.util.spec_from_file_location("rec_model_fixture", FIXTURES / "rec_model.py")
+    rec = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(rec)
+    import yaml
+
+    bags = rec_specs["embedding_bag"]
+    first = add_kernel(bags, "embedding_bag_sum.py")
+    doc = yaml.safe_load(bags.path.read_text())  # the same computation tuned at a larger batch
+    doc.update(name=bags.name + "_b64", reference=f"{bags.reference_path}:{bags.reference_name}")
+    doc["shapes"]["tune"]["B"] = 64
+    (tmp_path / "b64.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
+    second = add_kernel(load_spec(tmp_path / "b64.yaml"), "embedding_bag_sum.py")
+
+    torch.manual_seed(0)
+    model, args = rec.build()
+    model.tables.append(torch.nn.EmbeddingBag(100, 24, mode="sum"))  # a width no kernel covers
+    with torch.no_grad():
+        report = patch_model(model, "cpu-interpreter")
+        patched = {path: ops for path, _, ops in report.patched}
+        assert {p for p in patched if p.startswith("tables")} == {"tables.0", "tables.1", "tables.2"}
+        assert set(patched["tables.0"]) == {first.operator, second.operator}
+        assert any(path == "tables.3" and "validated at its sizes (V=100, D=24)" in why
+                   for path, why in report.skipped)
+        eager = model(*args)
+        explanation = torch._dynamo.explain(model)(*args)
+        assert explanation.graph_break_count == 0, explanation.break_reasons
+        assert explanation.graph_count == 1
+        compiled = torch.compile(model, backend="aot_eager", fullgraph=True)
+        before = runtime.counts(first.operator).kernel + runtime.counts(second.operator).kernel
+        out = compiled(*args)
+        after = runtime.counts(first.operator).kernel + runtime.counts(second.operator).kernel
+    torch._dynamo.reset()
+    assert after - before == 3  # the kernels ran inside the compiled graph
+    assert torch.allclose(out, eager, atol=1e-6)

@@ -23,10 +23,29 @@ def written(tmp_path_factory):
     return write_specs(extract_ops(case, H100), tmp_path_factory.mktemp("specs"))
 
 
-def test_choose_specs_takes_the_top_valid_ones_in_rank_order(written):
-    chosen = choose_specs(written, 3)
-    assert [w.group.name for w in chosen] == [w.group.name for w in written if w.ok][:3]
-    assert all(a.group.est_s >= b.group.est_s for a, b in zip(chosen, chosen[1:]))
+def test_choose_specs_ranks_by_what_can_be_won_and_skips_the_roofline(tmp_path):
+    """At Llama-7B widths the bf16 matmuls take most of the time but cuBLAS runs them at the
+    roofline: the norms, rotary and the gated MLP are what tuning can win."""
+    case = resolve_model("LlamaConfig", batch=2, seq=128, attn="sdpa",
+                         overrides=dict(num_hidden_layers=1, vocab_size=1024))
+    written = write_specs(extract_ops(case, H100), tmp_path)
+    choice = choose_specs(written, 3)
+    assert {w.group.pattern for w in choice.chosen} == {"rmsnorm", "rotary", "glu"}
+    gains = [w.group.gain_s() for w in choice.chosen]
+    assert gains == sorted(gains, reverse=True) and gains[-1] > 0
+    assert choice.skipped and all(w.group.pattern == "linear" and "at the roofline already" in why
+                                  for w, why in choice.skipped)
+    # A measured eager time replaces the estimate: a matmul measured at three times its floor
+    # comes first; a norm measured at its floor is skipped, and the reason says measured.
+    linear = max((w.group for w in written if w.group.pattern == "linear"), key=lambda g: g.est_s)
+    norm = next(w.group for w in choice.chosen if w.group.pattern == "rmsnorm")
+    measured = {linear.name: 3 * linear.fused_floor_s, norm.name: 1.01 * norm.fused_floor_s}
+    again = choose_specs(written, 3, measured)
+    assert again.chosen[0].group.name == linear.name
+    assert norm.name not in [w.group.name for w in again.chosen]
+    # With `top`, write_specs writes only the groups worth tuning, the most to win first.
+    only = write_specs(extract_ops(case, H100), tmp_path / "top", top=2)
+    assert [w.group.name for w in only] == [w.group.name for w in choice.chosen[:2]]
 
 
 def test_validated_dims_are_the_shapes_the_harness_checks(written):
@@ -95,11 +114,52 @@ def test_tune_model_steps_tune_the_top_specs_and_register_what_passed(tmp_path):
         return {"outputs": str(run), "run_id": f"run-{spec.name}", "evaluations": 1}
 
     config = dict(TINY_LLAMA, hidden_size=256, intermediate_size=1024)  # norms and MLP near the top
-    case = resolve_model("LlamaConfig", batch=1, seq=4, overrides=config)
+    case = resolve_model("LlamaConfig", batch=1, seq=64, overrides=config)
     report = tune_model_steps(case, CPU, tmp_path / "specs", tune_one, top=6)
-    assert len(tuned) == 6 and [r["spec"] for r in report["tuned"]] == tuned
+    # five groups have something to win; the matmuls, the largest by time, are at the roofline
+    assert len(tuned) == 5 and [r["spec"] for r in report["tuned"]] == tuned
+    assert report["skipped"] and all(r["spec"].startswith(("linear", "bmm")) for r in report["skipped"])
+    assert "skipped: at the roofline already" in (tmp_path / "specs" / "tune_model.md").read_text()
     registered = {r["spec"] for r in report["tuned"] if r["library"]}
     assert {n.split("_")[0] for n in registered} == {"rmsnorm", "swiglu"}
     assert {e.operator for e in entries()} == registered
     assert all("no correct kernel" in r["result"] for r in report["tuned"] if not r["library"])
     assert "| rmsnorm" in (tmp_path / "specs" / "tune_model.md").read_text()
+
+
+def test_offline_kernels_pass_the_rec_models_embedding_bag_spec_at_model_proportions(tmp_path):
+    """The spec `kevolve model ops` writes for a recommendation model's embedding bags (fp32,
+    a large table, jagged offsets, lengths about 40): the offline synthesizer's kernels pass the
+    harness at the spec's own tuned and check shapes, scaled down for the interpreter. Its
+    small-batch check keeps the model's bag lengths rather than piling the whole jagged total
+    into three bags."""
+    import importlib.util
+
+    import yaml
+
+    from kevolve.evaluate import Evaluator
+    from kevolve.models.trace import ModelCase
+    from kevolve.synth.base import SynthesisRequest
+    from kevolve.synth.offline import OfflineSynthesizer
+
+    source = importlib.util.spec_from_file_location("rec_model_fixture", FIXTURES / "rec_model.py")
+    rec = importlib.util.module_from_spec(source)
+    source.loader.exec_module(rec)
+    build = lambda: (*rec.make(batch=16, tables=1, rows=20_000, dim=32, dense_in=13, bottom=[16], top=[16],  # noqa: E731
+                               mean_len=40), {})
+    written = write_specs(extract_ops(ModelCase(name="rec", build=build), H100), tmp_path)
+    path = next(w.path for w in written if w.group.pattern == "embedding_bag")
+    doc = yaml.safe_load(path.read_text())
+    tune, checks = doc["shapes"]["tune"], doc["shapes"]["check"]
+    assert tune["V"] == 20_000 and tune["L"] >= 16 * 40 * 0.8
+    assert all(0.8 < (c["L"] / c["B"]) / (tune["L"] / tune["B"]) < 1.25 for c in checks)  # bags keep their lengths
+    doc["shapes"]["interpreter"] = [tune, *checks]  # the model's proportions, under the interpreter
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    spec = load_spec(path)
+    with Evaluator(spec, CPU, workers=1, baselines=False) as judge:
+        request = SynthesisRequest(spec=spec, target=CPU, ceilings=judge.ceilings, n=3)
+        candidates = OfflineSynthesizer(rng_seed=0).propose(request)
+        evaluations = judge.evaluate(candidates)
+    assert len(evaluations) == 3
+    assert all(e.outcome is Outcome.CORRECT for e in evaluations), [(e.error, e.failed_checks()) for e in evaluations]
+    assert {d["B"] for d in validated_dims(spec, CPU)} == {tune["B"], *(c["B"] for c in checks)}

@@ -243,3 +243,61 @@ def test_embedding_lookup_with_2d_ids(tmp_path):
     assert match_family(spec).family == "embedding"
     for candidate in seeds(spec, n=3):
         assert problems(spec, candidate.code) == [], candidate.origin.config
+
+
+
+def test_cross_entropy_rows_of_odd_length_from_any_address_and_with_masked_classes():
+    """Chunks start on 16-byte boundaries behind each row: rows of odd length, a base pointer that
+    is not 16-byte aligned (no aligned chunks then) and -inf logits must all give the reference."""
+    import torch
+    import torch.nn.functional as F
+
+    from offline_support import load_module
+
+    spec = load_spec(REPO / "specs" / "cross_entropy.yaml")
+    m, v = 7, 203
+    flat = torch.randn(m * v + 1, generator=torch.Generator().manual_seed(4)).mul(4).to(torch.bfloat16)
+    shifted = flat[1:].view(m, v)  # one bf16 element past an aligned allocation
+    shifted[2, ::3] = float("-inf")
+    target = torch.randint(0, v, (m,), generator=torch.Generator().manual_seed(5))
+    target[2] = 1  # a class with a finite logit in the row with masked classes
+    candidates = seeds(spec, n=6)
+    assert {(c.origin.config["lse"], c.origin.config["aligned"]) for c in candidates} >= {("one_exp", True),
+                                                                                          ("rescale", False)}
+    for candidate in candidates:
+        fn = getattr(load_module(candidate.code), spec.entry_point)
+        for logits in (shifted, shifted.clone()):
+            want = F.cross_entropy(logits.double(), target)
+            got = fn(logits, target)
+            assert got.dtype == torch.float32
+            assert torch.allclose(got.double(), want, rtol=1e-5, atol=1e-5), (candidate.origin.config, got, want)
+
+
+@pytest.mark.parametrize("name", ["embedding_bag_sum", "jagged_segment_sum"])
+def test_every_jagged_seed_is_correct_with_empty_and_long_segments(name):
+    """The seeds that hold a whole bag or segment in one step as well as the ones that walk it:
+    odd widths, segments longer than a step and empty ones (about one in ten)."""
+    spec = load_spec(REPO / "specs" / f"{name}.yaml")
+    shapes = [dict(d) for d in spec.interpreter_dims] + [
+        {"V": 70, "D": 24, "B": 3, "L": 150} if name == "embedding_bag_sum" else {"L": 150, "D": 24, "B": 3}]
+    candidates = seeds(spec, n=5)
+    assert len({c.origin.config.get("UNROLL", c.origin.config.get("BLOCK_L")) for c in candidates}) >= 3
+    for candidate in candidates:
+        assert problems(spec, candidate.code, shapes=shapes, seeds=(1,)) == [], candidate.origin.config
+
+
+def test_split_search_bucketize_with_ties_and_more_pieces_than_boundaries():
+    """Values equal to boundaries, repeated boundaries, infinities and more pieces than boundaries:
+    the split search lands where torch.bucketize does."""
+    import torch
+
+    from kevolve.synth.offline import render
+    from offline_support import load_module
+
+    spec = load_spec(REPO / "specs" / "bucketize.yaml")
+    boundaries = torch.tensor([-2.0, -1.0, -1.0, 0.0, 0.5, 0.5, 0.5, 1.0, 3.0])
+    x = torch.cat([boundaries, torch.linspace(-3, 4, 301), torch.tensor([float("inf"), -float("inf")])])
+    for splits in (4, 8, 64):
+        config = dict(seeds(spec)[0].origin.config, search="split", SPLITS=splits, BLOCK=64)
+        fn = getattr(load_module(render(spec, "bucketize", config)), spec.entry_point)
+        assert torch.equal(fn(x, boundaries), torch.bucketize(x, boundaries)), splits

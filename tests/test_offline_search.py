@@ -75,16 +75,20 @@ def test_offline_search_runs_end_to_end(name, pool):
 def test_gpu_benchmark_pipeline_runs_under_the_interpreter(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(REPO), "TRITON_INTERPRET": "1"}
     run = subprocess.run([sys.executable, str(REPO / "bench" / "offline_gpu.py"), "--interpreter",
-                          "--specs", "rmsnorm,bucketize", "--budget-s", "3", "--max-evals", "6",
+                          "--specs", "rmsnorm,bucketize,embedding_bag_sum", "--budget-s", "3", "--max-evals", "6",
                           "--out", str(tmp_path)], capture_output=True, text=True, env=env, timeout=600)
     assert run.returncode == 0, run.stderr[-2000:]
     result = json.loads((tmp_path / "offline_gpu.json").read_text())
-    assert [s["spec"] for s in result["specs"]] == ["rmsnorm", "bucketize"]
+    assert [s["spec"] for s in result["specs"]] == ["rmsnorm", "bucketize", "embedding_bag_sum"]
     for s in result["specs"]:
         assert "error" not in s, s.get("error")
         assert s["correct"] == s["evaluations"] >= 4 and s["best_config"] and s["floor_ms"] > 0
+    bag = result["specs"][2]["gather_ceiling"]  # random rows get their own measured ceiling
+    assert bag["gather_ms"] > 0 and bag["index_select_ms"] > 0 and bag["floor_ms"] > bag["gather_ms"]
+    assert result["specs"][2]["fraction_of_gather"] > 0 and result["specs"][0]["fraction_of_gather"] is None
     table = (tmp_path / "offline_gpu.md").read_text()
     assert "| rmsnorm | normalization |" in table and "| bucketize | bucketize |" in table
+    assert "## Gather ceiling" in table and "| embedding_bag_sum | embedding_bag |" in table
 
 
 def test_cli_shows_family_seeds_and_code(tmp_path):

@@ -101,7 +101,7 @@ def test_tune_operator_runs_every_stage_as_a_task_and_publishes_its_artifacts(se
     assert f"from the reference to node #{summary['best_node']}" in report and "@triton.jit" in report
     assert "- diagnosis:" in report or "interpreter" in report
     plot = found[f"{base}-speedup"].data
-    assert "data:image/png;base64," in plot and plot.count("\n| ") == summary["evaluations"] + 1
+    assert "data:image/svg+xml;base64," in plot and plot.count("\n| ") == summary["evaluations"] + 1
 
 
 def test_gpu_slots_keep_two_timings_off_one_gpu(server):

@@ -20,6 +20,9 @@ COMMANDS = [
     "kevolve.cli.offline_cmd",
     "kevolve.cli.kb_cmd",
     "kevolve.cli.tune_cmd",
+    "kevolve.cli.report_cmd",
+    "kevolve.cli.bench_cmd",
+    "kevolve.cli.kernelbench_cmd",
     "kevolve.cli.llm_cmd",
 ]
 

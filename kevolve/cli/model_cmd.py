@@ -18,15 +18,17 @@ def register(sub) -> None:
     ops.add_argument("--backward", action="store_true", help="also trace the backward pass")
     ops.add_argument("--target", help="hardware target for the time estimate (default: detected)")
     ops.add_argument("--out", help="write one spec per recognised group here, plus ops.json")
-    ops.add_argument("--top", type=int, help="write specs for the TOP largest recognised groups only")
+    ops.add_argument("--top", type=int, help="write specs only for the TOP recognised groups with the most to win "
+                     "(estimated time above the fused floor; none already at the roofline)")
     ops.add_argument("--rows", type=int, default=30, help="rows of the ranking to print (default 30)")
     ops.add_argument("--json", action="store_true", help="print the whole ranking as JSON")
     ops.set_defaults(func=ops_cmd)
 
     tune = verbs.add_parser(
         "tune", help="extract a model's operators, tune the top ones, register the kernels that pay",
-        description="Runs the tune_model flow: extract -> write specs -> tune the TOP specs by estimated "
-                    "time (a tune_operator search each) -> register each run's best kernel in the library.")
+        description="Runs the tune_model flow: extract -> write specs -> tune the TOP specs with the most "
+                    "to win, estimated time above the fused floor (a tune_operator search each; groups at the "
+                    "roofline already are skipped) -> register each run's best kernel in the library.")
     _model_arguments(tune)
     tune.add_argument("--top", type=int, default=3, help="how many specs to tune (default 3)")
     tune.add_argument("--budget", type=int, help="evaluations per spec")
@@ -82,10 +84,11 @@ def ops_cmd(args) -> int:
     print(f"{extraction.model}: {extraction.calls} ATen calls"
           f"{' (forward and backward)' if extraction.backward else ''}; estimated "
           f"{extraction.total_s * 1e3:.4g} ms on {extraction.target} ({extraction.ceilings_source} ceilings)")
-    print(f"{'rank':>4} {'share':>6} {'est ms':>9} {'calls':>5}  operator")
+    print(f"{'rank':>4} {'share':>6} {'est ms':>9} {'gain ms':>9} {'calls':>5}  operator")
     for i, g in enumerate(extraction.groups[:args.rows]):
-        note = f"   [{g.note}]" if g.note else ""
-        print(f"{i + 1:>4} {g.share:>6.1%} {g.est_s * 1e3:>9.3g} {g.count:>5}  {g.name}{note}")
+        note = g.note or ("at the roofline: nothing to win" if g.at_roofline() else "")
+        note = f"   [{note}]" if note else ""
+        print(f"{i + 1:>4} {g.share:>6.1%} {g.est_s * 1e3:>9.3g} {g.gain_s() * 1e3:>9.3g} {g.count:>5}  {g.name}{note}")
     hidden = len(extraction.groups) - args.rows
     if hidden > 0:
         print(f"     ... {hidden} more groups (--rows, or --json for all)")

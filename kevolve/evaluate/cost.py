@@ -45,7 +45,8 @@ class _WorkMode(TorchDispatchMode):
     def __init__(self):
         super().__init__()
         self.elementwise_flops = 0.0
-        self.gathered: dict[int, float] = {}  # storage pointer of a table -> bytes of rows gathered
+        # storage pointer of a table -> (bytes per row, the index tensors that gathered from it)
+        self.gathered: dict[int, tuple[int, list[torch.Tensor]]] = {}
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
@@ -55,10 +56,16 @@ class _WorkMode(TorchDispatchMode):
             table, index = args[table_i], args[index_i]
             row_bytes = table.stride(0) * table.element_size() if table.dim() else table.element_size()
             key = table.untyped_storage().data_ptr()
-            self.gathered[key] = self.gathered.get(key, 0.0) + index.numel() * row_bytes
+            self.gathered.setdefault(key, (row_bytes, []))[1].append(index.detach().flatten())
         elif name not in ALLOWED_OPS and name not in _FLOP_COUNTED:
             self.elementwise_flops += sum(t.numel() for t in _tensors(out))
         return out
+
+    def gathered_bytes(self) -> dict[int, float]:
+        """Bytes of the distinct rows read from each gathered table: a row looked up twice need
+        only come from DRAM once, so repeats are not part of the least traffic."""
+        return {key: float(torch.unique(torch.cat(ids)).numel() * row_bytes)
+                for key, (row_bytes, ids) in self.gathered.items()}
 
 
 def reference_cost(runtime: OperatorRuntime, dims, device: str | torch.device) -> Cost:
@@ -67,12 +74,13 @@ def reference_cost(runtime: OperatorRuntime, dims, device: str | torch.device) -
     work = _WorkMode()
     with torch.no_grad(), FlopCounterMode(display=False) as counter, work:
         outputs = as_outputs(fn(*inputs))
+    gathered = work.gathered_bytes()
     total = 0.0
     floats = [t for t in inputs if isinstance(t, torch.Tensor) and t.is_floating_point()]
     for t in inputs:
         if isinstance(t, torch.Tensor):
             size = t.numel() * t.element_size()
-            total += min(size, work.gathered.get(t.untyped_storage().data_ptr(), size))
+            total += min(size, gathered.get(t.untyped_storage().data_ptr(), size))
     if isinstance(fn, torch.nn.Module):
         total += sum(p.numel() * p.element_size() for p in (*fn.parameters(), *fn.buffers()))
     total += sum(o.numel() * o.element_size() for o in outputs)

@@ -4,9 +4,11 @@ Whether a submodule computes what a library kernel computes is decided by tracin
 tensors with the same recogniser `kevolve model ops` uses: the kernel's spec and the module's
 trace then carry the same semantics key. Norms (RMSNorm, LayerNorm), linear layers (with the
 activation that follows them in a Sequential), gated MLPs (act(gate) * up), embedding bags
-and embeddings are handled. The patched forward reshapes the module's arguments to the spec's
-inputs, picks the library kernel whose validated shapes cover the call, and otherwise lets the
-op fall back to the PyTorch reference (counted). `PatchReport.undo()` restores the model.
+and embeddings are handled, where a library kernel was validated at the sizes the module's
+weights fix. The patched forward reshapes the module's arguments to the spec's inputs and
+calls a torch custom op, which runs the kernel whose validated shapes cover the call and
+otherwise falls back to the PyTorch reference (counted). Being custom ops, the kernels stay
+inside torch.compile's graph: no graph breaks. `PatchReport.undo()` restores the model.
 """
 
 from __future__ import annotations
@@ -18,11 +20,11 @@ import torch
 from torch import nn
 
 from kevolve.library.runtime import (
-    LibraryKernel, current_target, install, installed, op_name, same_computation,
+    LibraryKernel, current_target, install, install_choice, installed, same_computation,
 )
 from kevolve.models.ops import semantics_key
 from kevolve.models.patterns import Match, find_matches
-from kevolve.models.references import display_name
+from kevolve.models.references import PATTERNS, display_name
 from kevolve.models.trace import ModelCase, trace_model
 
 _ACTIVATION_MODULES = (nn.ReLU, nn.GELU, nn.SiLU, nn.Sigmoid, nn.Tanh)
@@ -82,68 +84,69 @@ def _probe(module: nn.Module, *shapes_dtypes: tuple[tuple[int, ...], torch.dtype
     return matches[0]
 
 
-def _ops_for(match: Match, target: str) -> list[LibraryKernel]:
+def _ops_for(match: Match, target: str) -> tuple[list[LibraryKernel], str]:
+    """The library kernels that compute what `match` computes and were validated at the sizes
+    the module fixes (its weights' dimensions; batch sizes and jagged totals change from call to
+    call and are checked at each). Without any, why not."""
+    specs = PATTERNS[match.pattern]
+    fixed = {k: v for k, v in match.dims_dict.items() if k not in specs.batch_dims and k not in specs.ragged}
     found = same_computation(semantics_key(match), target)
+    fitting = [e for e in found if all(e.shape_min.get(k, v) <= v <= e.shape_max.get(k, v) for k, v in fixed.items())]
+    if found and not fitting:
+        sizes = ", ".join(f"{k}={v}" for k, v in fixed.items())
+        return [], f"no library kernel for this {display_name(match.pattern, match.variant_dict)} " \
+                   f"was validated at its sizes ({sizes})"
     kernels = []
-    for entry in found:
+    for entry in fitting:
         install(entry.operator, target)
         kernels.append(installed(entry.operator))
-    return kernels
+    return kernels, ""
 
 
-def _call(kernels: list[LibraryKernel], args: list[Any]) -> Any:
-    """Through the custom op of the kernel whose validated shapes cover the call; with none,
-    the first one's op, which falls back to the reference and counts it. With one kernel the op
-    is called directly, so torch.compile keeps it in its graph (the op dispatches inside)."""
-    if len(kernels) == 1:
-        return getattr(torch.ops.kevolve, op_name(kernels[0].operator))(*args)
-    return _choose_and_call(kernels, args)
+def _op(kernels: list[LibraryKernel]) -> Callable:
+    """The custom op for these kernels: the kernel's own for one, else one that chooses among
+    them by shape inside the op. Either way torch.compile keeps the call in its graph."""
+    return install_choice([k.operator for k in kernels])
 
 
-@torch.compiler.disable  # choosing among kernels by shape is plain Python: not for tracing
-def _choose_and_call(kernels: list[LibraryKernel], args: list[Any]) -> Any:
-    chosen = next((k for k in kernels if not k.refusal(args)), kernels[0])
-    return getattr(torch.ops.kevolve, op_name(chosen.operator))(*args)
-
-
-def _rows_forward(module: nn.Module, kernels, names: tuple[str, ...]) -> Callable:
+def _rows_forward(module: nn.Module, op, names: tuple[str, ...]) -> Callable:
     def forward(x):
         flat = x.reshape(-1, x.shape[-1])
-        out = _call(kernels, [flat] + [getattr(module, n) for n in names[1:]])
+        out = op(flat, *[getattr(module, n) for n in names[1:]])
         return out.reshape(*x.shape[:-1], out.shape[-1])
     return forward
 
 
-def _linear_forward(module: nn.Linear, kernels, has_bias: bool) -> Callable:
+def _linear_forward(module: nn.Linear, op, has_bias: bool) -> Callable:
     def forward(x):
         flat = x.reshape(-1, x.shape[-1])
         args = [flat, module.weight] + ([module.bias] if has_bias else [])
-        out = _call(kernels, args)
+        out = op(*args)
         return out.reshape(*x.shape[:-1], out.shape[-1])
     return forward
 
 
-def _mlp_forward(module: nn.Module, kernels) -> Callable:
+def _mlp_forward(module: nn.Module, op) -> Callable:
     def forward(x):
         gate, up = module.gate_proj(x), module.up_proj(x)
-        mid = _call(kernels, [gate.reshape(-1, gate.shape[-1]), up.reshape(-1, up.shape[-1])])
+        mid = op(gate.reshape(-1, gate.shape[-1]), up.reshape(-1, up.shape[-1]))
         return module.down_proj(mid.reshape(gate.shape))
     return forward
 
 
-def _bag_forward(module: nn.EmbeddingBag, kernels, original: Callable) -> Callable:
+def _bag_forward(module: nn.EmbeddingBag, op, original: Callable) -> Callable:
     def forward(input, offsets=None, per_sample_weights=None):
         if input.dim() != 1 or offsets is None or per_sample_weights is not None:
             return original(input, offsets, per_sample_weights)
         if not module.include_last_offset:
             offsets = torch.cat([offsets, offsets.new_full((1,), input.numel())])
-        return _call(kernels, [module.weight, input, offsets])
+        return op(module.weight, input, offsets)
     return forward
 
 
-def _embedding_forward(module: nn.Embedding, kernels) -> Callable:
+def _embedding_forward(module: nn.Embedding, op) -> Callable:
     def forward(ids):
-        out = _call(kernels, [module.weight, ids.reshape(-1)])
+        out = op(module.weight, ids.reshape(-1))
         return out.reshape(*ids.shape, out.shape[-1])
     return forward
 
@@ -153,6 +156,7 @@ class _Plan:
     match: Match
     kernels: list[LibraryKernel]
     forward: Callable | None  # None where no library kernel computes it
+    why_not: str = ""  # with no forward: why none of the library's kernels fits
     silence: tuple[nn.Module, ...] = ()  # modules whose work the new forward already does
 
 
@@ -164,21 +168,21 @@ def _plan(module: nn.Module, parent: nn.Module | None, target: str, uses: dict[i
         match = _probe(_Gated(module.act_fn), ((3, width), dtype, "x"), ((3, width), dtype, "x"))
         if match is None or match.pattern != "glu":
             return "its gate is not a recognised gated activation"
-        kernels = _ops_for(match, target)
-        return _Plan(match, kernels, _mlp_forward(module, kernels) if kernels else None)
+        kernels, why = _ops_for(match, target)
+        return _Plan(match, kernels, _mlp_forward(module, _op(kernels)) if kernels else None, why)
     if isinstance(module, nn.EmbeddingBag):
         offsets = 3 if module.include_last_offset else 2
         match = _probe(module, ((5,), torch.int64, "index"), ((offsets,), torch.int64, "index"))
         if match is None:
             return "not a recognised embedding bag (mode max, or per-sample weights)"
-        kernels = _ops_for(match, target)
-        return _Plan(match, kernels, _bag_forward(module, kernels, module.forward) if kernels else None)
+        kernels, why = _ops_for(match, target)
+        return _Plan(match, kernels, _bag_forward(module, _op(kernels), module.forward) if kernels else None, why)
     if isinstance(module, nn.Embedding):
         match = _probe(module, ((5,), torch.int64, "index"))
         if match is None:
             return "not a recognised embedding lookup"
-        kernels = _ops_for(match, target)
-        return _Plan(match, kernels, _embedding_forward(module, kernels) if kernels else None)
+        kernels, why = _ops_for(match, target)
+        return _Plan(match, kernels, _embedding_forward(module, _op(kernels)) if kernels else None, why)
     if isinstance(module, nn.Linear):
         act = _following_activation(module, parent)
         if act is not None and uses.get(id(act), 0) != 1:
@@ -187,17 +191,17 @@ def _plan(module: nn.Module, parent: nn.Module | None, target: str, uses: dict[i
                        ((3, module.in_features), module.weight.dtype, "x"))
         if match is None or match.pattern != "linear":
             return "not recognised as a linear layer"
-        kernels = _ops_for(match, target)
+        kernels, why = _ops_for(match, target)
         silence = (act,) if act is not None and match.variant_dict["act"] != "none" else ()
-        return _Plan(match, kernels, _linear_forward(module, kernels, module.bias is not None) if kernels else None,
-                     silence)
+        forward = _linear_forward(module, _op(kernels), module.bias is not None) if kernels else None
+        return _Plan(match, kernels, forward, why, silence)
     if "norm" in type(module).__name__.lower() and isinstance(weight, torch.Tensor) and weight.dim() == 1:
         match = _probe(module, ((3, weight.numel()), weight.dtype, "x"))
         if match is None or match.pattern not in ("rmsnorm", "layernorm"):
             return "not a recognised norm"
-        kernels = _ops_for(match, target)
+        kernels, why = _ops_for(match, target)
         names = tuple(i.name for i in match.inputs)
-        return _Plan(match, kernels, _rows_forward(module, kernels, names) if kernels else None)
+        return _Plan(match, kernels, _rows_forward(module, _op(kernels), names) if kernels else None, why)
     return None
 
 
@@ -233,7 +237,7 @@ def patch_model(model: nn.Module, target: str | None = None) -> PatchReport:
             continue
         what = display_name(plan.match.pattern, plan.match.variant_dict)
         if not plan.forward:
-            report.skipped.append((path, f"no library kernel computes this {what} on {target}"))
+            report.skipped.append((path, plan.why_not or f"no library kernel computes this {what} on {target}"))
             continue
         module.forward = plan.forward
         report._restore.append(module)

@@ -11,6 +11,7 @@ The stored module is imported in this process: it is trusted because it passed t
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections import Counter
 from dataclasses import dataclass, field
@@ -164,6 +165,34 @@ def install(operator: str, target: str | None = None, *, mode: str = "range"):
             return _BOUND[name].reference(*args)
 
         op = torch.library.custom_op(f"kevolve::{name}", impl, mutates_args=(), schema=schema)
+        op.register_fake(fake)
+        _OPS[name] = op
+    return getattr(torch.ops.kevolve, name)
+
+
+def install_choice(operators: Sequence[str]):
+    """One custom op over several installed kernels of the same computation (their schemas are
+    equal): each call runs the first kernel whose validated shapes cover it, else the first's
+    fallback. The choice happens inside the op, so torch.compile sees a single opaque call and
+    no graph break. Returns the op; a single operator gets its own op."""
+    names = tuple(op_name(o) for o in operators)
+    missing = [o for o, n in zip(operators, names) if n not in _BOUND]
+    if missing:
+        raise LibraryError(f"{', '.join(missing)} not installed in this process; call install() first")
+    if len(names) == 1:
+        return getattr(torch.ops.kevolve, names[0])
+    name = "choice_" + hashlib.sha256("|".join(names).encode()).hexdigest()[:10]
+    if name not in _OPS:
+        def impl(*args):
+            kernels = [_BOUND[n] for n in names]
+            return next((k for k in kernels if not k.refusal(args)), kernels[0])(*args)
+
+        def fake(*args):
+            return _BOUND[names[0]].reference(*args)
+
+        schema = str(getattr(torch.ops.kevolve, names[0]).default._schema)
+        op = torch.library.custom_op(f"kevolve::{name}", impl, mutates_args=(),
+                                     schema=schema[schema.index("("):])
         op.register_fake(fake)
         _OPS[name] = op
     return getattr(torch.ops.kevolve, name)

@@ -8,7 +8,9 @@ and still ranked, so a user sees what is left for an LLM or a new pattern.
 Time estimate per call: max(FLOPs / peak rate, bytes / bandwidth), from the target's measured
 ceilings where calibrated, else its datasheet. A group's estimate sums its calls as eager
 PyTorch runs them (unfused); `fused_floor_s` is the same bound for one fused kernel reading
-the group's inputs once and writing its output once.
+the group's inputs once and writing its output once. What tuning can win is the difference:
+a matmul whose estimate is its floor (cuBLAS at the roofline) ranks below a norm that makes
+six passes where one would do, however long the matmul takes.
 """
 
 from __future__ import annotations
@@ -27,6 +29,10 @@ from kevolve.models.trace import ModelCase, ModelTrace, OpCall, TensorMeta, trac
 MATMUL_OPS = frozenset({"mm", "addmm", "bmm", "baddbmm", "addbmm", "matmul", "convolution",
                         "_convolution", "_scaled_mm"})
 NO_SPEC = "no spec: needs a pattern or an LLM"
+# Below either, a group's gain over its fused floor is within the estimate's error, or too small
+# to show in the model's time: not worth a search.
+MIN_GAIN_FRACTION = 0.05  # of the group's own time
+MIN_GAIN_OF_MODEL = 0.002  # of the whole model's estimated time
 _SHORT_DTYPE = {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32", "float64": "fp64"}
 
 
@@ -36,7 +42,7 @@ class OpGroup:
     pattern: str | None  # None: no spec pattern covers it
     count: int  # occurrences in one forward (and backward) pass
     dtype: str
-    dims: Mapping[str, int]  # named dimensions (empty for unrecognised calls)
+    dims: Mapping[str, int]  # named dimensions (empty for unrecognised calls), the spec's shape class
     shape: str  # readable shape class
     ops: tuple[str, ...]  # the ATen operators it covers
     flops: float  # summed over occurrences
@@ -47,10 +53,27 @@ class OpGroup:
     modules: tuple[str, ...] = ()  # where it runs (a few module paths)
     phases: tuple[str, ...] = ("forward",)
     match: Match | None = field(default=None, compare=False, repr=False)  # one occurrence
+    seen_dims: Mapping[str, int] = field(default_factory=dict)  # the largest call's, before rounding
 
     @property
     def has_spec(self) -> bool:
         return self.pattern is not None
+
+    def gain_s(self, eager_s: float | None = None) -> float:
+        """What a fused kernel at the roofline could save: the eager time (estimated, or
+        `eager_s` where measured) above the fused floor."""
+        return max(0.0, (self.est_s if eager_s is None else eager_s) - self.fused_floor_s)
+
+    def at_roofline(self, eager_s: float | None = None) -> str:
+        """Why tuning this group cannot pay ("" when it might): its gain is negligible."""
+        eager = self.est_s if eager_s is None else eager_s
+        gain = self.gain_s(eager_s)
+        model_s = self.est_s / self.share if self.share > 0 else self.est_s
+        if gain > 0 and gain >= MIN_GAIN_FRACTION * eager and gain >= MIN_GAIN_OF_MODEL * model_s:
+            return ""
+        how = "estimated" if eager_s is None else "measured"
+        return (f"skipped: at the roofline already ({how} {eager * 1e3:.3g} ms, fused floor "
+                f"{self.fused_floor_s * 1e3:.3g} ms)")
 
     @property
     def note(self) -> str:
@@ -69,6 +92,12 @@ class Extraction:
 
     def with_specs(self) -> list[OpGroup]:
         return [g for g in self.groups if g.has_spec]
+
+    def by_gain(self, eager_s: Mapping[str, float] | None = None) -> list[OpGroup]:
+        """Recognised groups by what tuning can win, largest first (`eager_s`: measured eager
+        times by group name, where known, replace the estimates)."""
+        eager_s = eager_s or {}
+        return sorted(self.with_specs(), key=lambda g: (-g.gain_s(eager_s.get(g.name)), g.name))
 
 
 def semantics_key(match: Match) -> str:
@@ -164,6 +193,7 @@ def rank(trace: ModelTrace, target: HardwareTarget, ceilings: Ceilings, *,
             dims={}, shape=shape, member_calls=[call], floor_s=seconds, match=None)
 
     for g in groups.values():  # a recognised group is named by its shape class
+        g["seen_dims"] = dict(g["dims"])
         if g["match"] is not None:
             g["dims"] = shape_class(g["pattern"], g["dims"])
             g["name"] = spec_name(g["match"], g["dims"])
@@ -174,7 +204,8 @@ def rank(trace: ModelTrace, target: HardwareTarget, ceilings: Ceilings, *,
                         dims=g["dims"], shape=g["shape"], ops=tuple(sorted(g["ops"])), flops=g["flops"],
                         bytes=g["bytes"], est_s=g["est_s"], fused_floor_s=g["floor_s"],
                         share=g["est_s"] / total if total else 0.0, modules=tuple(g["modules"]),
-                        phases=tuple(sorted(g["phases"])), match=g["match"])
+                        phases=tuple(sorted(g["phases"])), match=g["match"],
+                        seen_dims=g["seen_dims"])
                 for g in ranked)
     return Extraction(model=trace.name, target=target.name, ceilings_source=ceilings.source, groups=out,
                       total_s=total, calls=len(calls), backward=backward)

@@ -38,6 +38,9 @@ def check_dims(pattern: str, tune: Mapping[str, int]) -> list[dict[str, int]]:
         n = v - v // 7 if v >= 8 else v
         odd[k] = max(2, n - n % 2) if k in specs.even else (n | 1 if v >= 8 else n)
     small_batch = {k: (3 if k in specs.batch_dims and v > 3 else v) for k, v in tune.items()}
+    batch = next((tune[k] for k in specs.batch_dims if k in tune), 0)
+    if batch > 3:  # a jagged total shrinks with the batch: bags keep the model's lengths
+        small_batch.update({k: max(1, -(-tune[k] * 3 // batch)) for k in specs.ragged if k in tune})
     out = []
     for dims in (odd, small_batch):
         if dims != dict(tune) and dims not in out:
@@ -91,14 +94,17 @@ def spec_document(group: OpGroup, model: str) -> tuple[dict, str]:
 
 def write_specs(extraction: Extraction, out_dir: Path, *, top: int | None = None,
                 validate: bool = True) -> list[WrittenSpec]:
-    """One spec per recognised group (the `top` largest by estimated time), plus ops.json."""
+    """One spec per recognised group, plus ops.json; with `top`, only the `top` groups with the
+    most to win (estimated time above the fused floor), none already at the roofline."""
     from kevolve.specs import load_spec
     from kevolve.specs.validate import validate_spec
 
     out_dir = Path(out_dir)
     (out_dir / "ref").mkdir(parents=True, exist_ok=True)
     written: list[WrittenSpec] = []
-    for group in extraction.with_specs()[:top]:
+    groups = extraction.with_specs() if top is None else \
+        [g for g in extraction.by_gain() if not g.at_roofline()][:top]
+    for group in groups:
         doc, source = spec_document(group, extraction.model)
         path = out_dir / f"{group.name}.yaml"
         (out_dir / "ref" / f"{group.name}.py").write_text(source)
@@ -126,7 +132,8 @@ def extraction_summary(extraction: Extraction, written: list[WrittenSpec] = ()) 
         "groups": [{
             "rank": i + 1, "name": g.name, "pattern": g.pattern, "count": g.count, "dtype": g.dtype,
             "shape": g.shape, "ops": list(g.ops), "flops": g.flops, "bytes": g.bytes,
-            "estimated_ms": g.est_s * 1e3, "fused_floor_ms": g.fused_floor_s * 1e3, "share": g.share,
+            "estimated_ms": g.est_s * 1e3, "fused_floor_ms": g.fused_floor_s * 1e3,
+            "gain_ms": g.gain_s() * 1e3, "at_roofline": bool(g.at_roofline()), "share": g.share,
             "modules": list(g.modules), "phases": list(g.phases),
             "spec": files.get(g.name) or (None if g.has_spec else g.note),
         } for i, g in enumerate(extraction.groups)],

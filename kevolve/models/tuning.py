@@ -1,7 +1,7 @@
 """The steps of tuning a whole model, as plain functions the `tune_model` flow wraps:
 
-    extract the operators -> write a spec per recognised group -> tune the top specs (each a
-    search run) -> register each run's best kernel in the library
+    extract the operators -> write a spec per recognised group -> tune the specs with the most
+    to win (each a search run) -> register each run's best kernel in the library
 
 `tune_model_steps` is that sequence over a function that tunes one spec: the flow hands it the
 `tune_operator` sub-flow, the plain path the search without orchestration.
@@ -29,9 +29,24 @@ class Registration:
     message: str  # what happened, one line
 
 
-def choose_specs(written: Sequence[WrittenSpec], top: int) -> list[WrittenSpec]:
-    """The `top` valid specs by estimated time (write_specs keeps the ranking's order)."""
-    return [w for w in written if w.ok][:top]
+@dataclass(frozen=True)
+class Choice:
+    chosen: list[WrittenSpec]  # to tune, most to win first
+    skipped: list[tuple[WrittenSpec, str]]  # groups a ranking by time would have taken, and why not
+
+
+def choose_specs(written: Sequence[WrittenSpec], top: int,
+                 eager_s: Mapping[str, float] | None = None) -> Choice:
+    """The `top` valid specs with the most to win (eager time above the fused floor; `eager_s`:
+    measured times by group name, where known, replace the estimates). Groups already at the
+    roofline are skipped, and those among the `top` by time are named with the reason."""
+    eager_s = eager_s or {}
+    valid = [w for w in written if w.ok]
+    worth = [w for w in valid if not w.group.at_roofline(eager_s.get(w.group.name))]
+    chosen = sorted(worth, key=lambda w: (-w.group.gain_s(eager_s.get(w.group.name)), w.group.name))[:top]
+    by_time = sorted(valid, key=lambda w: -w.group.est_s)[:top]
+    skipped = [(w, w.group.at_roofline(eager_s.get(w.group.name))) for w in by_time if w not in worth]
+    return Choice(chosen, skipped)
 
 
 def validated_dims(spec: OperatorSpec, target: HardwareTarget) -> list[Dims]:
@@ -93,12 +108,13 @@ class ModelSteps:
 
 def tune_model_steps(case: ModelCase, target: HardwareTarget, out_dir: Path, tune_one: TuneOne, *,
                      top: int = 3, backward: bool = False, steps: ModelSteps = ModelSteps()) -> dict[str, Any]:
-    """extract the operators -> write a spec per recognised group -> tune the top specs ->
-    register each run's best kernel. Returns the report (also written to out_dir/tune_model.md)."""
+    """extract the operators -> write a spec per recognised group -> tune the `top` specs with
+    the most to win -> register each run's best kernel. Returns the report (also written to out_dir/tune_model.md)."""
     extraction = steps.extract(case, target, backward=backward)
     written = steps.write(extraction, out_dir)
     rows = []
-    for w in choose_specs(written, top):
+    choice = choose_specs(written, top)
+    for w in choice.chosen:
         try:
             summary = dict(tune_one(str(w.path)))
         except KevolveError as exc:  # one spec's failure (an endpoint down) leaves the others to run
@@ -111,7 +127,8 @@ def tune_model_steps(case: ModelCase, target: HardwareTarget, out_dir: Path, tun
                      "result": outcome.message})
     report = {"model": extraction.model, "target": target.name, "specs_dir": str(out_dir),
               "estimated_total_ms": extraction.total_s * 1e3, "specs_written": sum(w.ok for w in written),
-              "tuned": rows}
+              "tuned": rows, "skipped": [{"spec": w.group.name, "share": w.group.share, "result": why}
+                                         for w, why in choice.skipped]}
     (Path(out_dir) / "tune_model.md").write_text(report_markdown(report))
     return report
 
@@ -123,4 +140,6 @@ def report_markdown(report: Mapping[str, Any]) -> str:
              "| spec | share of time | run | library |", "|---|---|---|---|"]
     for row in report["tuned"]:
         lines.append(f"| {row['spec']} | {row['share']:.1%} | {row['run'] or '-'} | {row['result']} |")
+    for row in report.get("skipped", ()):
+        lines.append(f"| {row['spec']} | {row['share']:.1%} | - | {row['result']} |")
     return "\n".join(lines) + "\n"

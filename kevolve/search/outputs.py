@@ -5,8 +5,11 @@
 - path.md: the steps from the reference to it, each with what made it, its timing and diagnosis
 - tree.json: every node of the search
 - summary.md: the run in a page: settings, why it ended, the best kernel, LLM usage, notes
+- report.html: the run as a self-contained web page (kevolve/report/run_page.py): the tree drawn,
+  the speedup curve, the best kernel's code, the diagnosis and knowledge behind each step, the cost
 - leaderboard.json: the correct kernels, fittest first, with their timing and diagnosis
-- progress.json and speedup.png: the best fitness after each evaluation (the plot where matplotlib is installed)
+- speedup.json and speedup.svg: the page's speedup curve (correct kernels so far under the
+  interpreter), as data and as a plot (where matplotlib is installed)
 - ModelNew.py (KernelBench specs): the best kernel, for KernelBench's own harness
 """
 
@@ -19,7 +22,7 @@ from typing import Any
 from kevolve.paths import state_dir
 from kevolve.search.config import TuneSettings
 from kevolve.search.fitness import speedup
-from kevolve.search.store import origin_to_dict
+from kevolve.search.store import SearchStore, origin_to_dict
 from kevolve.search.tree import Node, SearchTree
 from kevolve.specs.model import OperatorSpec
 
@@ -28,7 +31,9 @@ def run_dir(run_id: str) -> Path:
     return state_dir() / "runs" / run_id
 
 
-def write(directory: Path, spec: OperatorSpec, tree: SearchTree, summary: Any, settings: TuneSettings) -> Path:
+def write(directory: Path, spec: OperatorSpec, tree: SearchTree, summary: Any, settings: TuneSettings,
+          store: SearchStore | None = None) -> Path:
+    """The run's files; report.html too when the store is given (the page reads the run from it)."""
     directory.mkdir(parents=True, exist_ok=True)
     best = tree.get(summary.best_node) if summary.best_node is not None else None
     if best is not None:
@@ -43,9 +48,11 @@ def write(directory: Path, spec: OperatorSpec, tree: SearchTree, summary: Any, s
     kernelbench = best is not None and spec.format == "kernelbench"
     (directory / "summary.md").write_text(summary_markdown(summary, settings, best, tree, kernelbench))
     (directory / "leaderboard.json").write_text(json.dumps(leaderboard(tree), indent=1))
-    series = progress_series(tree)
-    (directory / "progress.json").write_text(json.dumps(series, indent=1))
-    plot_progress(series, tree.baseline, directory / "speedup.png")
+    write_curve(directory, tree)
+    if store is not None:
+        from kevolve.report import run_page
+
+        run_page.write(directory, store, summary.run_id, summary.notes)
     return directory
 
 
@@ -142,7 +149,7 @@ def summary_markdown(summary: Any, settings: TuneSettings, best: Node | None, tr
         outcomes[key] = outcomes.get(key, 0) + 1
     lines += ["", "Outcomes: " + ", ".join(f"{k} {v}" for k, v in sorted(outcomes.items())), "",
               "Files: " + ("best_kernel.py, best_evaluation.json, " if best is not None else "")
-              + "path.md, tree.json" + (", ModelNew.py" if kernelbench else "")]
+              + "path.md, tree.json, report.html" + (", ModelNew.py" if kernelbench else "")]
     return "\n".join(lines) + "\n"
 
 
@@ -169,37 +176,15 @@ def leaderboard(tree: SearchTree, rows: int = LEADERBOARD_ROWS) -> list[dict[str
     return board
 
 
-def progress_series(tree: SearchTree) -> list[dict[str, Any]]:
-    """After each evaluation, in the order the nodes were made: its fitness and the best so far
-    (fitness is the speedup where kernels are timed, 1 for a correct untimed one, 0 for a failure)."""
-    series, best = [], 0.0
-    for count, n in enumerate(sorted(tree.evaluated(), key=lambda n: n.id), 1):
-        best = max(best, n.fitness or 0.0)
-        series.append({"evaluation": count, "node": n.id, "fitness": n.fitness or 0.0, "best": best,
-                       "timed": bool(n.evaluation.timing and not n.evaluation.timing.interpreter and n.correct)})
-    return series
+def write_curve(directory: Path, tree: SearchTree) -> None:
+    """The report page's speedup curve as speedup.json, and drawn as speedup.svg."""
+    from dataclasses import asdict
 
+    from kevolve.report.run_page import curve, curve_svg
 
-def plot_progress(series: list[dict[str, Any]], baseline: str, path: Path) -> Path | None:
-    """Best speedup over evaluations as a PNG; None (and no file) where matplotlib is missing."""
+    data = curve(tree)
+    (directory / "speedup.json").write_text(json.dumps(asdict(data)))
     try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return None
-    timed = any(p["timed"] for p in series)
-    fig, ax = plt.subplots(figsize=(6, 3.2), dpi=100)
-    xs = [p["evaluation"] for p in series]
-    ax.scatter(xs, [p["fitness"] for p in series], s=14, color="tab:gray", label="each evaluation")
-    ax.step(xs, [p["best"] for p in series], where="post", color="tab:blue", label="best so far")
-    ax.set_xlabel("evaluations")
-    ax.set_ylabel(f"speedup over {baseline}" if timed else "fitness (1 = correct, untimed)")
-    if timed:
-        ax.axhline(1.0, color="tab:red", linewidth=0.8, linestyle="--")
-    ax.legend(loc="lower right", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+        (directory / "speedup.svg").write_text(curve_svg(data))
+    except ImportError:  # no matplotlib (a bare GPU image): the data is still there
+        pass

@@ -25,7 +25,7 @@ from kevolve.search.fitness import INTERPRETER_NOTE, confirmed_fitness, fitness,
 from kevolve.search.policies import Expansion, Policy, make_policy
 from kevolve.search.progress import Event, emit
 from kevolve.search.stages import RunContext
-from kevolve.search.store import ExpansionRow, RunRecord, SearchStore
+from kevolve.search.store import ExpansionRow, RetrievalRow, RunRecord, SearchStore
 from kevolve.search.termination import Progress, stop_reason
 from kevolve.search.tree import Node, SearchTree
 from kevolve.synth.base import Attempt, SynthesisRequest
@@ -181,10 +181,16 @@ class SearchSession:
             self.policy.update(self.tree, [n for n in self.tree if n.round == r and n.evaluated], r)
 
     # Writing ----------------------------------------------------------------------------------
-    def record_retrieval(self, requests: Sequence[SynthesisRequest]) -> None:
-        """Which documents the knowledge base handed the synthesizer, for the run's report."""
-        for request in requests:  # each candidate asked for is a prompt of its own
-            self._retrieved.update({doc.source: request.n for doc in request.knowledge})
+    def record_retrieval(self, expansions: Sequence[Expansion], requests: Sequence[SynthesisRequest]) -> None:
+        """Which documents and skills the knowledge base handed the synthesizer for each
+        expansion: kept with the run, so its report shows what lay behind each step."""
+        for expansion, request in zip(expansions, requests):
+            self._retrieved.update({doc.source: request.n for doc in request.knowledge})  # a prompt per candidate
+            if request.knowledge or request.skills:
+                row = RetrievalRow(self.round, expansion.parent_id, expansion.memory_mode,
+                                   tuple((d.source, d.title, round(float(d.score), 4)) for d in request.knowledge),
+                                   tuple((s.id, s.describe()) for s in request.skills))
+                self.store.record_retrieval(self.run_id, row)
 
     def add_children(self, expansions: Sequence[Expansion], proposals: Sequence[Sequence[Candidate]]) -> list[Node]:
         """Persist each new candidate as a node (before it is evaluated); drop duplicates."""
@@ -289,9 +295,10 @@ class SearchSession:
         self.store.update_progress(self.run_id, elapsed_s=self.elapsed_s, rounds=self.round,
                                    best_node_id=best.id if best else None)
         summary = self.summary(reason)
-        outputs.write(outputs.run_dir(self.run_id), self.context.spec, self.tree, summary, self.settings)
+        self.store.release(self.run_id, "finished", reason)  # first, so the report reads the run as finished
+        outputs.write(outputs.run_dir(self.run_id), self.context.spec, self.tree, summary, self.settings,
+                      self.store)
         self._record_best_kernel(best)
-        self.store.release(self.run_id, "finished", reason)
         emit(Event("end", reason, summary.evaluations, self.config.budget))
         return summary
 

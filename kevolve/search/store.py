@@ -1,4 +1,5 @@
-"""The search state in SQLite: runs, nodes, their evaluations, expansions and LLM usage.
+"""The search state in SQLite: runs, nodes, their evaluations, expansions, what was retrieved
+for each expansion, and LLM usage.
 
 One process writes a run at a time (it claims the run; a second one is refused while the first is
 alive). A node is written before its candidate is evaluated and its evaluation the moment that
@@ -79,6 +80,16 @@ CREATE TABLE IF NOT EXISTS expansions (
     added INTEGER NOT NULL,
     created_at TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS retrievals (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    run_id TEXT NOT NULL,
+    round INTEGER NOT NULL,
+    parent_id INTEGER,                -- the expanded node (None: the reference)
+    memory_mode TEXT NOT NULL,
+    documents_json TEXT NOT NULL,     -- [[source, title, score], ...] handed to the synthesizer
+    skills_json TEXT NOT NULL,        -- [[skill id, one-line description], ...]
+    created_at TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS llm_usage (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     run_id TEXT NOT NULL,
@@ -93,6 +104,7 @@ CREATE TABLE IF NOT EXISTS llm_usage (
 CREATE INDEX IF NOT EXISTS nodes_by_run ON nodes (run_id);
 CREATE INDEX IF NOT EXISTS evaluations_by_run ON evaluations (run_id);
 CREATE INDEX IF NOT EXISTS expansions_by_run ON expansions (run_id);
+CREATE INDEX IF NOT EXISTS retrievals_by_run ON retrievals (run_id);
 """
 
 
@@ -149,6 +161,22 @@ class ExpansionRow:
     requested: int
     proposed: int
     added: int
+
+
+@dataclass(frozen=True)
+class RetrievalRow:
+    """What the knowledge base handed the synthesizer for one expansion."""
+
+    round: int
+    parent_id: int | None
+    memory_mode: str
+    documents: tuple[tuple[str, str, float], ...]  # (source, title, similarity)
+    skills: tuple[tuple[str, str], ...]  # (skill id, one-line description)
+
+    @property
+    def attaches_to(self) -> int | None:
+        """Where the expansion's children hang: restarts start at the root."""
+        return None if self.memory_mode == "restart" else self.parent_id
 
 
 def now() -> str:
@@ -302,6 +330,18 @@ class SearchStore:
         rows = self._read("SELECT * FROM expansions WHERE run_id = ? ORDER BY id", (run_id,))
         return [ExpansionRow(r["round"], r["parent_id"], r["memory_mode"], r["grp"], r["requested"],
                              r["proposed"], r["added"]) for r in rows]
+
+    def record_retrieval(self, run_id: str, row: RetrievalRow) -> None:
+        self._write("INSERT INTO retrievals (run_id, round, parent_id, memory_mode, documents_json, skills_json, "
+                    "created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (run_id, row.round, row.parent_id, row.memory_mode, json.dumps(row.documents),
+                     json.dumps(row.skills), now()))
+
+    def retrievals(self, run_id: str) -> list[RetrievalRow]:
+        rows = self._read("SELECT * FROM retrievals WHERE run_id = ? ORDER BY id", (run_id,))
+        return [RetrievalRow(r["round"], r["parent_id"], r["memory_mode"],
+                             tuple((s, t, float(x)) for s, t, x in json.loads(r["documents_json"])),
+                             tuple((i, d) for i, d in json.loads(r["skills_json"]))) for r in rows]
 
     def record_llm_usage(self, run_id: str, session: int, model: str, usage: Usage) -> None:
         if usage.requests == 0:

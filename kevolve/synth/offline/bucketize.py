@@ -3,7 +3,10 @@
 Each program takes BLOCK values. `binary`: a branch-free binary search of ceil(log2(K+1))
 steps, each a gather from the boundaries (which stay in L1/L2). `linear`: count the boundaries
 below each value, BLOCK_K boundaries at a time; fewer dependent loads, more compares, which
-pays for short boundary lists.
+pays for short boundary lists. `split`: count the value's place among SPLITS - 1 evenly spaced
+boundaries, loaded once per program and compared in registers, then a binary search inside the
+piece; it trades the first, least parallel gathers (each a round of L1 accesses per warp, the
+limit on an H100) for compares.
 """
 
 from __future__ import annotations
@@ -18,7 +21,10 @@ from kevolve.synth.offline.template import (BLOCK, EVICT, NUM_STAGES, NUM_WARPS,
                                             next_pow2, pow2, sizes_at, tuned_dims, warps_for)
 from kevolve.synth.offline.trace import Graph, trace
 
-SEARCH = Knob("search", ("binary", "linear"), "binary search by gathers, or a count over boundary chunks")
+SEARCH = Knob("search", ("binary", "linear", "split"),
+              "binary search by gathers, a count over boundary chunks, or a count over SPLITS evenly spaced "
+              "boundaries followed by a binary search inside the piece it picks")
+SPLITS = Knob("SPLITS", pow2(4, 64), "pieces the split search first cuts the boundaries into")
 BLOCK_K = Knob("BLOCK_K", pow2(8, 256), "boundaries compared at once by the linear search")
 
 
@@ -32,7 +38,7 @@ class BucketizeDetail:
 
 class BucketizeTemplate(Template):
     families = ("bucketize",)
-    knobs = (BLOCK, SEARCH, BLOCK_K, NUM_WARPS, NUM_STAGES, EVICT)
+    knobs = (BLOCK, SEARCH, BLOCK_K, SPLITS, NUM_WARPS, NUM_STAGES, EVICT)
 
     def match(self, graph: Graph, spec: OperatorSpec) -> Match | None:
         nodes = [n for n in graph.nodes if n.op in ("bucketize", "searchsorted")]
@@ -59,9 +65,11 @@ class BucketizeTemplate(Template):
         d: BucketizeDetail = match.detail
         graph = trace(spec)
         k = sizes_at(graph, spec, graph.node(d.boundaries).shape, tuned_dims(spec, target))[0]
-        base = {"BLOCK": 1024, "search": "binary", "BLOCK_K": 32, "num_warps": warps_for(1024, target, 4),
+        base = {"BLOCK": 1024, "search": "binary", "BLOCK_K": 32, "SPLITS": 16, "num_warps": warps_for(1024, target, 4),
                 "num_stages": 1, "evict": "stream"}
-        seeds = [base, dict(base, BLOCK=2048, num_warps=warps_for(2048, target, 4)),
+        seeds = [base, dict(base, search="split"), dict(base, search="split", SPLITS=32, BLOCK=2048,
+                                                        num_warps=warps_for(2048, target, 4)),
+                 dict(base, BLOCK=2048, num_warps=warps_for(2048, target, 4)),
                  dict(base, search="linear", BLOCK=256, BLOCK_K=min(64, max(8, next_pow2(k))), num_warps=warps_for(256, target, 2))]
         if k <= 32:
             seeds.insert(0, seeds.pop())
@@ -71,7 +79,7 @@ class BucketizeTemplate(Template):
         return seeds
 
     def inert(self, config: Config) -> set[str]:
-        return {"BLOCK_K"} if config["search"] == "binary" else set()
+        return {"binary": {"BLOCK_K", "SPLITS"}, "linear": {"SPLITS"}, "split": {"BLOCK_K"}}[config["search"]]
 
     def check(self, config: Config, match: Match, target: HardwareTarget, spec: OperatorSpec) -> str | None:
         if config["search"] == "linear" and config["BLOCK"] * config["BLOCK_K"] > 32768:
@@ -84,10 +92,7 @@ class BucketizeTemplate(Template):
         entry = Entry.of(spec, graph)
         cmp = "<=" if d.right else "<"
         ev = ', eviction_policy="evict_first"' if config["evict"] == "stream" else ""
-        if config["search"] == "binary":
-            search = f'''    lo = tl.zeros([BLOCK], tl.int32)
-    hi = tl.zeros([BLOCK], tl.int32) + K
-    for _ in range(STEPS):
+        halving = f'''    for _ in range(STEPS):
         mid = (lo + hi) // 2
         active = lo < hi
         b = tl.load(b_ptr + mid, mask=active & mask, other=0.0)
@@ -95,6 +100,19 @@ class BucketizeTemplate(Template):
         lo = tl.where(active & below, mid + 1, lo)
         hi = tl.where(active & (below == 0), mid, hi)
     result = lo'''
+        if config["search"] == "binary":
+            search = f'''    lo = tl.zeros([BLOCK], tl.int32)
+    hi = tl.zeros([BLOCK], tl.int32) + K
+''' + halving
+        elif config["search"] == "split":
+            # The top of the search without gathers: every value compares against the same
+            # SPLITS - 1 boundaries, loaded once per program; the gathers that remain are fewer.
+            search = f'''    count = tl.zeros([BLOCK], tl.int32)
+    for j in tl.static_range(1, SPLITS):
+        count += (tl.load(b_ptr + (j * K) // SPLITS) {cmp} x).to(tl.int32)
+    lo = tl.where(count > 0, (count * K) // SPLITS + 1, 0)
+    hi = tl.where(count < SPLITS - 1, ((count + 1) * K) // SPLITS, K)
+''' + halving
         else:
             search = f'''    result = tl.zeros([BLOCK], tl.int32)
     for k0 in range(0, K, BLOCK_K):
@@ -104,7 +122,7 @@ class BucketizeTemplate(Template):
         result += tl.sum(below.to(tl.int32), axis=1)'''
         kernel = f'''@triton.jit
 def _bucketize_kernel(x_ptr, b_ptr, out_ptr, N, K, STEPS,
-                      BLOCK: tl.constexpr, BLOCK_K: tl.constexpr, IDX64: tl.constexpr):
+                      BLOCK: tl.constexpr, BLOCK_K: tl.constexpr, SPLITS: tl.constexpr, IDX64: tl.constexpr):
     pid = tl.program_id(0)
     if IDX64:
         offs = pid.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
@@ -121,10 +139,13 @@ def _bucketize_kernel(x_ptr, b_ptr, out_ptr, N, K, STEPS,
                  f"_out = torch.empty({x}.shape, dtype={out_dtype}, device={x}.device)",
                  f"_n, _k = {x}.numel(), {b}.numel()",
                  "if _n == 0:\n    return _out",
-                 "_steps = max(1, _k.bit_length())  # ceil(log2(K + 1)) halvings empty [0, K]",
+                 # ceil(log2(n + 1)) halvings empty a range of n: [0, K], or the widest split piece
+                 (f"_steps = max(1, (-(-_k // {config['SPLITS']})).bit_length())" if config["search"] == "split"
+                  else "_steps = max(1, _k.bit_length())"),
                  f"_grid = (triton.cdiv(_n, {config['BLOCK']}),)"]
         lines += launch("_bucketize_kernel", "_grid", [x, b, "_out", "_n", "_k", "_steps"],
-                        {"BLOCK": config["BLOCK"], "BLOCK_K": config["BLOCK_K"], "IDX64": "_n >= 2 ** 31"},
+                        {"BLOCK": config["BLOCK"], "BLOCK_K": config["BLOCK_K"], "SPLITS": config["SPLITS"],
+                         "IDX64": "_n >= 2 ** 31"},
                         config["num_warps"], config["num_stages"])
         lines.append("return _out")
         return module_source(spec, entry, "bucketize", config, [kernel], lines)

@@ -1,7 +1,9 @@
 """Cross-entropy family: log-softmax over a vocabulary followed by NLL (mean, sum or none).
 
 One program takes BLOCK_M rows and streams each row once in chunks of BLOCK_N, keeping an
-online max and rescaled sum of exponentials per lane; the target's logit is one gathered load.
+online max and rescaled sum of exponentials per lane (one exponential per element with
+lse=one_exp); the target's logit is one gathered load. `aligned` starts the chunks on 16-byte
+boundaries so that rows of an odd length still load as vectors.
 Per-row losses go to an fp32 buffer, and a second single-program kernel reduces them in a
 fixed order (so two runs give the same bits), dividing by the count of non-ignored targets.
 """
@@ -15,11 +17,13 @@ from kevolve.specs.model import OperatorSpec
 from kevolve.synth.offline.expr import CAST_OPS, Unsupported
 from kevolve.synth.offline.module import Entry, launch, module_source, torch_dtype
 from kevolve.synth.offline.template import (BLOCK_M, BLOCK_N, EVICT, NUM_STAGES, NUM_WARPS, PERSISTENT,
-                                            PROGRAMS_PER_SM, Config, Match, Template, next_pow2, sizes_at,
+                                            PROGRAMS_PER_SM, Config, Knob, Match, Template, next_pow2, sizes_at,
                                             tuned_dims, warps_for)
 from kevolve.synth.offline.trace import Graph, Node, Ref, trace
 
 REDUCTIONS = {0: "none", 1: "mean", 2: "sum"}
+LSE = Knob("lse", ("rescale", "one_exp"), "online log-sum-exp update: two exponentials per element, or one")
+ALIGNED = Knob("aligned", (False, True), "read rows from 16-byte boundaries so the loads vectorize")
 
 
 @dataclass(frozen=True)
@@ -63,7 +67,7 @@ def _log_softmax_input(graph: Graph, node: Node) -> Node | None:
 
 class CrossEntropyTemplate(Template):
     families = ("cross_entropy",)
-    knobs = (BLOCK_M, BLOCK_N, NUM_WARPS, NUM_STAGES, PERSISTENT, PROGRAMS_PER_SM, EVICT)
+    knobs = (BLOCK_M, BLOCK_N, LSE, ALIGNED, NUM_WARPS, NUM_STAGES, PERSISTENT, PROGRAMS_PER_SM, EVICT)
 
     def match(self, graph: Graph, spec: OperatorSpec) -> Match | None:
         nll = [n for n in graph.nodes if n.op in ("nll_loss_forward", "nll_loss_nd")]
@@ -95,13 +99,17 @@ class CrossEntropyTemplate(Template):
         graph = trace(spec)
         rows, vocab = sizes_at(graph, spec, graph.node(d.logits).shape, tuned_dims(spec, target))
         chunk = min(next_pow2(vocab), 4096)
-        base = {"BLOCK_M": 1, "BLOCK_N": chunk, "num_warps": warps_for(chunk, target, 8), "num_stages": 2,
-                "persistent": False, "programs_per_sm": 4, "evict": "stream", "sm_count": target.sm_count}
+        base = {"BLOCK_M": 1, "BLOCK_N": chunk, "lse": "one_exp", "aligned": True,
+                "num_warps": warps_for(chunk, target, 8), "num_stages": 2, "persistent": False,
+                "programs_per_sm": 4, "evict": "stream", "sm_count": target.sm_count}
         seeds = [base,
+                 # two rows per program: twice the bytes in flight for a long vocabulary
+                 dict(base, BLOCK_M=2, num_warps=warps_for(2 * chunk, target, 8)),
                  dict(base, BLOCK_N=min(next_pow2(vocab), 8192), num_warps=warps_for(min(next_pow2(vocab), 8192),
                                                                                      target, 16), num_stages=1),
                  dict(base, BLOCK_N=min(chunk, 2048), BLOCK_M=2, num_warps=warps_for(4096, target, 8),
-                      persistent=True, programs_per_sm=4 if rows > 4 * target.sm_count else 1)]
+                      persistent=True, programs_per_sm=4 if rows > 4 * target.sm_count else 1),
+                 dict(base, lse="rescale", aligned=False)]
         if target.interpreter:
             for s in seeds:
                 s["num_warps"] = 1
@@ -117,37 +125,14 @@ class CrossEntropyTemplate(Template):
         graph = trace(spec)
         entry = Entry.of(spec, graph)
         ev_x = ', eviction_policy="evict_first"' if config["evict"] == "stream" else ""
-        body = f'''rows = tile * BLOCK_M + tl.arange(0, BLOCK_M)
-rmask = rows < M
-if IDX64:
-    rows = rows.to(tl.int64)
-base = rows * stride_m
-# online log-sum-exp: a running max per lane and a sum rescaled when the max grows
-m = tl.full([BLOCK_M, BLOCK_N], float("-inf"), tl.float32)
-s = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
-for c0 in tl.range(0, V, BLOCK_N):
-    cols = c0 + tl.arange(0, BLOCK_N)
-    mask = rmask[:, None] & (cols < V)[None, :]
-    x = tl.load(x_ptr + base[:, None] + cols[None, :], mask=mask, other=float("-inf"){ev_x}).to(tl.float32)
-    m_new = tl.maximum(m, x)
-    m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-    s = s * tl.exp(m - m_safe) + tl.exp(x - m_safe)
-    m = m_new
-row_max = tl.max(m, axis=1)
-row_safe = tl.where(row_max == float("-inf"), 0.0, row_max)
-row_sum = tl.sum(s * tl.exp(m - row_safe[:, None]), axis=1)
-lse = row_safe + tl.log(row_sum)
-target = tl.load(t_ptr + rows, mask=rmask, other=IGNORE)
-valid = rmask & (target != IGNORE) & (target >= 0) & (target < V)
-picked = tl.load(x_ptr + base + tl.where(valid, target, 0), mask=valid, other=0.0).to(tl.float32)
-tl.store(loss_ptr + rows, tl.where(valid, lse - picked, 0.0), mask=rmask)'''
+        body = "\n".join(_rows_body(config, ev_x))
         if config["persistent"]:
             head, ind = ["    for tile in tl.range(pid, tl.cdiv(M, BLOCK_M), NPROG):"], "        "
         else:
             head, ind = ["    tile = pid"], "    "
         rows_kernel = "\n".join(
             ["@triton.jit", "def _ce_rows(x_ptr, t_ptr, loss_ptr, M, V, stride_m, IGNORE, NPROG,",
-             "             BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, IDX64: tl.constexpr):",
+             "             BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, IDX64: tl.constexpr, ALIGN: tl.constexpr):",
              "    pid = tl.program_id(0)"] + head + [ind + line for line in body.split("\n")])
         reduce_kernel = '''@triton.jit
 def _ce_reduce(loss_ptr, t_ptr, out_ptr, M, IGNORE, BLOCK: tl.constexpr, MEAN: tl.constexpr):
@@ -170,6 +155,9 @@ def _ce_reduce(loss_ptr, t_ptr, out_ptr, M, IGNORE, BLOCK: tl.constexpr, MEAN: t
         lines = [f"{x} = {x}.contiguous()", f"{t} = {t}.contiguous()", f"_m, _v = {x}.shape",
                  f"_loss = torch.empty([_m], dtype=torch.float32, device={x}.device)",
                  f"_idx64 = {x}.numel() >= 2 ** 31",
+                 # elements per 16 bytes: aligned chunks only where the base pointer allows them
+                 (f"_align = 16 // {x}.element_size() if {x}.data_ptr() % 16 == 0 else 1" if config["aligned"]
+                  else "_align = 1"),
                  f"_tiles = triton.cdiv(_m, {config['BLOCK_M']})",
                  (f"_grid = min(_tiles, {config['sm_count'] * config['programs_per_sm']})" if config["persistent"]
                   else "_grid = _tiles"),
@@ -178,7 +166,8 @@ def _ce_reduce(loss_ptr, t_ptr, out_ptr, M, IGNORE, BLOCK: tl.constexpr, MEAN: t
                                             [x, t, "_loss", "_m", "_v", f"{x}.stride()[0]", str(d.ignore_index),
                                              "_grid"],
                                             {"BLOCK_M": config["BLOCK_M"], "BLOCK_N": config["BLOCK_N"],
-                                             "IDX64": "_idx64"}, config["num_warps"], config["num_stages"])]
+                                             "IDX64": "_idx64", "ALIGN": "_align"},
+                                            config["num_warps"], config["num_stages"])]
         if d.reduction == "none":
             lines.append("return _loss")
         else:
@@ -187,3 +176,54 @@ def _ce_reduce(loss_ptr, t_ptr, out_ptr, M, IGNORE, BLOCK: tl.constexpr, MEAN: t
                             {"BLOCK": 1024, "MEAN": d.reduction == "mean"}, 4, 1)
             lines.append("return _out")
         return module_source(spec, entry, "cross_entropy", config, [rows_kernel, reduce_kernel], lines)
+
+
+# The online log-sum-exp update of a chunk x into per-lane running maxima m and sums s.
+_RESCALE = """m_new = tl.maximum(m, x)
+m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+s = s * tl.exp(m - m_safe) + tl.exp(x - m_safe)
+m = m_new"""
+# One exponential per element instead of two: exp(-|x - m|) is the factor that rescales the old
+# sum when x is the new maximum, and x's own term when it is not (the exponentials' unit is busy).
+_ONE_EXP = """hi = tl.maximum(m, x)
+e = tl.exp(tl.minimum(m, x) - tl.where(hi == float("-inf"), 0.0, hi))
+s = tl.where(x > m, s * e + 1.0, s + e)
+m = hi"""
+
+
+def _rows_body(config: Config, ev_x: str) -> list[str]:
+    """The per-tile code of _ce_rows: stream the rows once, then the loss of each row.
+    With ALIGN > 1 a row is read from the 16-byte boundary at or before its start, so the interior
+    chunks are aligned and unmasked along the row and load as vectors; the first and the last
+    chunks carry the masks (a row of an odd length, like GPT-2's 50257, otherwise loads scalars)."""
+    update = (_ONE_EXP if config["lse"] == "one_exp" else _RESCALE).split("\n")
+    load = (f'x = tl.load(x_ptr + start[:, None] + p[None, :], mask=mask, other=float("-inf"){ev_x}).to(tl.float32)')
+
+    def chunk(loop: str, masked: bool) -> list[str]:
+        mask = ["    cols = p[None, :] - lead[:, None]", "    mask = rmask[:, None] & (cols >= 0) & (cols < V)"] \
+            if masked else ["    mask = rmask[:, None]"]
+        return [loop, "    p = c0 + tl.arange(0, BLOCK_N)"] + mask + ["    " + load] + ["    " + u for u in update]
+
+    out = ["rows = tile * BLOCK_M + tl.arange(0, BLOCK_M)",
+           "rmask = rows < M",
+           "if IDX64:",
+           "    rows = rows.to(tl.int64)",
+           "base = rows * stride_m",
+           "lead = base % ALIGN  # elements between the 16-byte boundary and the row's start",
+           "start = tl.multiple_of(base - lead, ALIGN)",
+           "# online log-sum-exp: a running max per lane and a sum rescaled when the max grows",
+           'm = tl.full([BLOCK_M, BLOCK_N], float("-inf"), tl.float32)',
+           "s = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)"]
+    out += chunk("for c0 in tl.range(0, BLOCK_N, BLOCK_N):", True)  # the head: before the row starts
+    full_end = "(V // BLOCK_N) * BLOCK_N"  # chunks below this lie inside every row of the tile
+    out += chunk(f"for c0 in tl.range(BLOCK_N, {full_end}, BLOCK_N):", False)
+    out += chunk(f"for c0 in tl.range(tl.maximum(BLOCK_N, {full_end}), V + ALIGN - 1, BLOCK_N):", True)
+    out += ["row_max = tl.max(m, axis=1)",
+            'row_safe = tl.where(row_max == float("-inf"), 0.0, row_max)',
+            "row_sum = tl.sum(s * tl.exp(m - row_safe[:, None]), axis=1)",
+            "lse = row_safe + tl.log(row_sum)",
+            "target = tl.load(t_ptr + rows, mask=rmask, other=IGNORE)",
+            "valid = rmask & (target != IGNORE) & (target >= 0) & (target < V)",
+            "picked = tl.load(x_ptr + base + tl.where(valid, target, 0), mask=valid, other=0.0).to(tl.float32)",
+            "tl.store(loss_ptr + rows, tl.where(valid, lse - picked, 0.0), mask=rmask)"]
+    return out

@@ -143,16 +143,24 @@ class JaggedTemplate(Template):
         block_d = min(next_pow2(width), 512)
         base = {"BLOCK_D": block_d, "num_warps": warps_for(block_d * 4, target, 8), "num_stages": 2, "vec": 4,
                 "evict": "none"}
+        # A bag or segment of a few dozen rows in one step: its rows are all in flight at once
+        # behind a single dependent load, instead of a round trip per few rows.
+        wide = max(1, min(64, 8192 // block_d))
+        whole = dict(base, num_stages=1, evict="stream", num_warps=warps_for(block_d * wide, target, 16))
         if d.op == "embedding_bag":
-            seeds = [dict(base, UNROLL=8), dict(base, UNROLL=16, evict="stream", num_warps=warps_for(
-                block_d * 16, target, 16)), dict(base, UNROLL=4, BLOCK_D=min(block_d, 64), vec=1)]
+            seeds = [dict(base, UNROLL=8), dict(whole, UNROLL=wide),
+                     dict(whole, UNROLL=max(1, wide // 2), num_warps=warps_for(block_d * wide, target, 32)),
+                     dict(base, UNROLL=16, evict="stream", num_warps=warps_for(block_d * 16, target, 16)),
+                     dict(base, UNROLL=4, BLOCK_D=min(block_d, 64), vec=1)]
         elif d.op == "embedding":
             seeds = [dict(base, BLOCK_L=4, num_warps=warps_for(block_d * 4, target, 8)),
                      dict(base, BLOCK_L=1, num_warps=warps_for(block_d, target, 8), evict="stream"),
                      dict(base, BLOCK_L=16, BLOCK_D=min(block_d, 128), num_warps=warps_for(2048, target, 8))]
         else:
-            seeds = [dict(base, BLOCK_L=8), dict(base, BLOCK_L=16, evict="stream", num_warps=warps_for(
-                block_d * 16, target, 16)), dict(base, BLOCK_L=4, BLOCK_D=min(block_d, 64), vec=1)]
+            seeds = [dict(base, BLOCK_L=8), dict(whole, BLOCK_L=wide),
+                     dict(whole, BLOCK_L=max(1, wide // 2), num_warps=warps_for(block_d * wide, target, 32)),
+                     dict(base, BLOCK_L=16, evict="stream", num_warps=warps_for(block_d * 16, target, 16)),
+                     dict(base, BLOCK_L=4, BLOCK_D=min(block_d, 64), vec=1)]
         if target.interpreter:
             for s in seeds:
                 s["num_warps"] = 1

@@ -22,6 +22,8 @@ Move = tuple[str, Any]  # (knob, "up" | "down" | a value)
 PREFERENCES: dict[str, tuple[tuple[str, Any, str], ...]] = {
     "memory": (
         ("vec", "up", "wider vector loads"),
+        ("aligned", True, "chunks on 16-byte boundaries: vector loads on rows of odd length"),
+        ("lse", "one_exp", "one exponential per element: the exponentials' unit stops limiting"),
         ("UNROLL", "up", "more gathered rows in flight"),
         ("BLOCK_L", "up", "more segment rows in flight"),
         ("BLOCK", "up", "more bytes in flight per program"),
