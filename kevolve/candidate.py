@@ -36,6 +36,16 @@ class Origin:
     note: str = ""  # one line: what changed and why
     skill_id: str | None = None  # the learnt skill whose change this applies, if one led to it
 
+    def made_by(self) -> str:
+        """One line for reports: the synthesizer, its family, the transformations, the model and prompt."""
+        made = self.synthesizer + (f" {self.family}" if self.family else "")
+        if self.transforms:
+            made += " after " + ", ".join(map(str, self.transforms))
+        if self.model or self.prompt_hash:
+            made += " (" + ", ".join(x for x in (self.model and f"model {self.model}",
+                                                 self.prompt_hash and f"prompt {self.prompt_hash}") if x) + ")"
+        return made
+
 
 @dataclass(frozen=True)
 class Candidate:

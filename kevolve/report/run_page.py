@@ -201,7 +201,7 @@ def _steps(data: RunData) -> str:
            "<li><b>the PyTorch reference</b></li>"]
     for node in data.tree.path(best.id):
         o = node.candidate.origin
-        items = [f"made by: {escape(_made_by(node))}"]
+        items = [f"made by: {escape(node.candidate.origin.made_by())}"]
         if o.note:
             items.append(f"change: {escape(o.note)}")
         items.append(f"result: {escape(_result(data, node))}")
@@ -242,7 +242,7 @@ def _nodes_table(data: RunData) -> str:
         outcome = ev.outcome.value if ev else "pending"
         rows.append(
             f'<tr id="node-{n.id}" class="{cls}"><td>#{n.id}</td><td>{"#" + str(n.parent_id) if n.parent_id else "ref"}'
-            f"</td><td>{n.round}</td><td>{escape(n.memory_mode)}</td><td>{escape(_made_by(n))}</td>"
+            f"</td><td>{n.round}</td><td>{escape(n.memory_mode)}</td><td>{escape(n.candidate.origin.made_by())}</td>"
             f'<td class="o-{outcome}">{outcome.replace("_", " ")}</td>'
             f"<td>{_ms(ev)}</td><td>{f'{s:.2f}x' if s is not None else '-'}</td>"
             f"<td>{escape(ev.diagnosis.bound) if ev and ev.diagnosis else '-'}</td><td>{escape(detail)}</td>"
@@ -282,16 +282,6 @@ def _retrieval_html(r: RetrievalRow) -> str:
     return "<ul>" + "".join(f"<li>{x}</li>" for x in docs + skills) + "</ul>"
 
 
-def _made_by(node: Node) -> str:
-    o = node.candidate.origin
-    made = o.synthesizer + (f" {o.family}" if o.family else "")
-    if o.transforms:
-        made += " after " + ", ".join(map(str, o.transforms))
-    if o.model:
-        made += f" (model {o.model})"
-    return made
-
-
 def _result(data: RunData, node: Node) -> str:
     ev = node.remeasure or node.evaluation
     if ev is None:
@@ -307,7 +297,8 @@ def _result(data: RunData, node: Node) -> str:
 
 
 def _describe(data: RunData, node: Node) -> str:
-    return f"#{node.id} ({node.memory_mode}, round {node.round}): {_result(data, node)}; made by {_made_by(node)}"
+    made = node.candidate.origin.made_by()
+    return f"#{node.id} ({node.memory_mode}, round {node.round}): {_result(data, node)}; made by {made}"
 
 
 def _ms(ev: Evaluation | None) -> str:

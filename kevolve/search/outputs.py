@@ -70,12 +70,7 @@ def fitness_text(tree: SearchTree, node: Node) -> str:
 
 def step_markdown(tree: SearchTree, node: Node, index: int) -> str:
     o = node.candidate.origin
-    made = o.synthesizer + (f" {o.family}" if o.family else "")
-    if o.transforms:
-        made += " after " + ", ".join(map(str, o.transforms))
-    if o.prompt_hash:
-        made += f" (model {o.model}, prompt {o.prompt_hash})"
-    lines = [f"## {index}. node #{node.id} ({node.memory_mode})", f"- made by: {made}"]
+    lines = [f"## {index}. node #{node.id} ({node.memory_mode})", f"- made by: {o.made_by()}"]
     if o.note:
         lines.append(f"- change: {o.note}")
     lines.append(f"- result: {fitness_text(tree, node)}")
