@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import sys
+from pathlib import Path
 from typing import Any
 
 from kevolve.errors import KevolveError
@@ -106,7 +107,10 @@ def report(summary: dict[str, Any]) -> None:
     llm = summary.get("llm") or {}
     if llm.get("requests"):
         print(f"LLM: {llm['requests']} requests, {llm['prompt_tokens'] + llm['completion_tokens']} tokens")
-    print(f"outputs: {summary['outputs']} (summary.md, path.md, best_kernel.py)")
+    print(f"outputs: {summary['outputs']} (report.html, summary.md, path.md, best_kernel.py)")
+    report = Path(summary["outputs"]) / "report.html"
+    if report.is_file():
+        print(f"report: {report}  (open it in a browser, or `kevolve report {summary['run_id']} --open`)")
 
 
 def list_runs() -> int:
