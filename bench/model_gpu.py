@@ -52,13 +52,12 @@ from kevolve.library import runtime as library_runtime  # noqa: E402
 from kevolve.library.patch import patch_model  # noqa: E402
 from kevolve.models.ops import extract_ops, semantics_key  # noqa: E402
 from kevolve.models.specgen import write_specs  # noqa: E402
-from kevolve.models.tuning import choose_specs, register_best  # noqa: E402
+from kevolve.models.tuning import choose_specs, measured_eager_s, register_best  # noqa: E402
 from kevolve.models.trace import ModelCase  # noqa: E402
 from kevolve.specs import load_spec  # noqa: E402
 
 FIXTURE_KERNELS = REPO / "tests" / "fixtures" / "library_kernels"
 TOP_GROUPS = 5  # recognised groups per model to find kernels for, the most to win first
-MEASURED_GROUPS = 12  # recognised groups (largest estimate first) whose eager time is measured
 CANDIDATES_PER_SPEC = 12
 SPEC_BUDGET_S = 25.0  # per spec: no new batch of candidates is judged past it
 MODEL_BUDGET_S = 150.0  # per model, for finding kernels: later specs are skipped past it
@@ -227,30 +226,6 @@ def tune_spec(path: Path, pattern: str, target, pool) -> dict:
     return result
 
 
-def measured_eager_s(written, device: str) -> dict[str, float]:
-    """Each recognised group's eager time on the device: its reference timed at the largest
-    call's shape, times its calls. The estimate is a roofline bound; where eager PyTorch is far
-    from it (a gather one bag at a time, say) only a measurement shows what can be won."""
-    from kevolve.specs.runtime import OperatorRuntime
-
-    if device != "cuda":
-        return {}  # the interpreter's wall clock says nothing about eager speed: keep the estimates
-    out: dict[str, float] = {}
-    for w in sorted((w for w in written if w.ok), key=lambda w: -w.group.est_s)[:MEASURED_GROUPS]:
-        try:
-            runtime = OperatorRuntime(load_spec(w.path))
-            dims = dict(w.group.seen_dims)
-            inputs = runtime.inputs(dims, seed=0, device=device)
-            reference = runtime.reference(dims, device)
-            with torch.no_grad():
-                out[w.group.name] = measure(lambda: reference(*inputs), device, 20).median_ms * 1e-3 * w.group.count
-            del inputs
-        except Exception as exc:  # an unmeasured group keeps its estimate
-            print(f"  eager time of {w.group.name} not measured: {type(exc).__name__}: {exc}", flush=True)
-    torch.cuda.empty_cache()
-    return out
-
-
 # One model ----------------------------------------------------------------------------------------
 
 def run_model(name: str, builder, smoke: bool, target, device: str, work: Path, pool) -> dict:
@@ -260,7 +235,7 @@ def run_model(name: str, builder, smoke: bool, target, device: str, work: Path, 
     extraction = extract_ops(ModelCase(name=name, build=lambda: build("cpu")), target)
     written = write_specs(extraction, work / name)
     record["extract_s"] = round(time.monotonic() - t0, 2)
-    eager_s = measured_eager_s(written, device)
+    eager_s = measured_eager_s(written, target) if device == "cuda" else {}
     record["measure_s"] = round(time.monotonic() - t0 - record["extract_s"], 2)
     choice = choose_specs(written, TOP_GROUPS, eager_s)
     chosen = {w.group.name for w in choice.chosen}

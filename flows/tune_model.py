@@ -67,12 +67,13 @@ if PREFECT:
 
     from kevolve.models.ops import extract_ops
     from kevolve.models.specgen import write_specs
-    from kevolve.models.tuning import register_run_outputs
+    from kevolve.models.tuning import measured_eager_s, register_run_outputs
 
     _TASKS = ModelSteps(
         extract=task(name="extract-model-ops", cache_policy=NO_CACHE)(extract_ops),
         write=task(name="write-specs", cache_policy=NO_CACHE)(write_specs),
         register=task(name="register-kernel", cache_policy=NO_CACHE)(register_run_outputs),
+        measure=task(name="measure-eager", cache_policy=NO_CACHE)(measured_eager_s),
     )
 
     @flow(name="tune-model", persist_result=False)

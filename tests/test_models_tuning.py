@@ -127,6 +127,34 @@ def test_tune_model_steps_tune_the_top_specs_and_register_what_passed(tmp_path):
     assert "| rmsnorm" in (tmp_path / "specs" / "tune_model.md").read_text()
 
 
+def test_measured_eager_times_decide_what_is_tuned(tmp_path):
+    """Where the machine measures a group's eager time, the measurement, not the roofline
+    estimate, says what can be won: a group measured at its floor is skipped, one measured far
+    above it is tuned first. The interpreter measures nothing, so the estimates stand there."""
+    from kevolve.models.tuning import ModelSteps, measured_eager_s, tune_model_steps
+
+    config = dict(TINY_LLAMA, hidden_size=256, intermediate_size=1024)
+    case = resolve_model("LlamaConfig", batch=1, seq=64, overrides=config)
+    written = write_specs(extract_ops(case, CPU), tmp_path / "probe")
+    assert measured_eager_s(written, CPU) == {}
+    by_estimate = choose_specs(written, 6).chosen
+    first, rest = by_estimate[0].group, [w.group for w in by_estimate[1:]]
+    at_floor = {first.name: first.fused_floor_s}  # eager already at the fused floor
+    far_above = {g.name: g.fused_floor_s + 1.0 for g in rest[-1:]}  # a second above it
+
+    tuned = []
+
+    def tune_one(spec_path: str) -> dict:
+        tuned.append(load_spec(spec_path).name)
+        (tmp_path / "runs" / tuned[-1]).mkdir(parents=True)
+        return {"outputs": str(tmp_path / "runs" / tuned[-1]), "run_id": tuned[-1], "evaluations": 0}
+
+    steps = ModelSteps(measure=lambda written, target: {**at_floor, **far_above})
+    report = tune_model_steps(case, CPU, tmp_path / "specs", tune_one, top=6, steps=steps)
+    assert first.name not in tuned and tuned[0] == rest[-1].name
+    assert any(r["spec"] == first.name and "measured" in r["result"] for r in report["skipped"])
+
+
 def test_offline_kernels_pass_the_rec_models_embedding_bag_spec_at_model_proportions(tmp_path):
     """The spec `kevolve model ops` writes for a recommendation model's embedding bags (fp32,
     a large table, jagged offsets, lengths about 40): the offline synthesizer's kernels pass the

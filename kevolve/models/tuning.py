@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
@@ -20,6 +21,9 @@ from kevolve.models.ops import Extraction, extract_ops
 from kevolve.models.specgen import WrittenSpec, write_specs
 from kevolve.models.trace import ModelCase
 from kevolve.specs.model import Dims, OperatorSpec
+
+log = logging.getLogger(__name__)
+MEASURED_GROUPS = 12  # recognised groups, largest estimate first, whose eager time is measured
 
 
 @dataclass(frozen=True)
@@ -97,6 +101,38 @@ def register_run_outputs(spec_path: Path, target: HardwareTarget, outputs: Path)
 TuneOne = Callable[[str], Mapping[str, Any]]
 
 
+def measured_eager_s(written: Sequence[WrittenSpec], target: HardwareTarget) -> dict[str, float]:
+    """Each recognised group's eager time on this machine's GPU: its reference timed at the largest
+    call's shape, times its calls. The estimate is a roofline bound; where eager PyTorch is far
+    from it (a gather one bag at a time, say) only a measurement shows what can be won. Nothing
+    on the interpreter, whose wall clock says nothing about eager speed: the estimates stand."""
+    import torch
+
+    if target.interpreter or not torch.cuda.is_available():
+        return {}
+    from kevolve.evaluate.timing import time_cuda
+    from kevolve.specs import load_spec
+    from kevolve.specs.runtime import OperatorRuntime
+
+    out: dict[str, float] = {}
+    for w in sorted((w for w in written if w.ok), key=lambda w: -w.group.est_s)[:MEASURED_GROUPS]:
+        try:
+            runtime = OperatorRuntime(load_spec(w.path))
+            dims = dict(w.group.seen_dims)
+            inputs = runtime.inputs(dims, seed=0, device="cuda")
+            reference = runtime.reference(dims, "cuda")
+            with torch.no_grad():
+                timing = time_cuda(reference, [inputs], trials=20, flush_bytes=int(target.l2_cache_mib * 2) << 20,
+                                   budget_s=1.0)
+            out[w.group.name] = timing.median_ms * 1e-3 * w.group.count
+            del inputs
+        except Exception as exc:  # an unmeasured group keeps its estimate
+            log.warning("eager time of %s not measured (%s: %s): its estimate stands", w.group.name,
+                        type(exc).__name__, exc)
+    torch.cuda.empty_cache()
+    return out
+
+
 @dataclass(frozen=True)
 class ModelSteps:
     """The steps of tuning a model; the flow hands Prefect tasks, the plain path these."""
@@ -104,6 +140,7 @@ class ModelSteps:
     extract: Callable[..., Extraction] = extract_ops
     write: Callable[..., list[WrittenSpec]] = write_specs
     register: Callable[[Path, HardwareTarget, Path], Registration] = register_run_outputs
+    measure: Callable[[Sequence[WrittenSpec], HardwareTarget], Mapping[str, float]] = measured_eager_s
 
 
 def tune_model_steps(case: ModelCase, target: HardwareTarget, out_dir: Path, tune_one: TuneOne, *,
@@ -113,7 +150,7 @@ def tune_model_steps(case: ModelCase, target: HardwareTarget, out_dir: Path, tun
     extraction = steps.extract(case, target, backward=backward)
     written = steps.write(extraction, out_dir)
     rows = []
-    choice = choose_specs(written, top)
+    choice = choose_specs(written, top, steps.measure(written, target))
     for w in choice.chosen:
         try:
             summary = dict(tune_one(str(w.path)))
