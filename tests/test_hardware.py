@@ -53,6 +53,42 @@ def test_calibration_is_measured_cached_and_used_by_the_roofline():
     assert again == measured
 
 
+def test_a_gpu_without_measured_ceilings_is_calibrated_before_a_run(monkeypatch):
+    """A run on a GPU whose ceilings are neither cached nor committed measures them first, once:
+    its roofline never rests on the datasheet. Where figures exist, nothing is measured again."""
+    import importlib
+
+    import torch
+
+    from kevolve.search.launch import plan_run
+
+    calibration = importlib.import_module("kevolve.hardware.calibrate")
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "NVIDIA H200")
+    measured = []
+
+    def fake_calibrate(target, quick=False):  # the GPU's measurement, recorded where calibrate keeps it
+        measured.append(target.name)
+        c = calibration.Ceilings(copy_gbps=4246.0, matmul_tflops={"bf16": 790.0, "fp32": 60.0}, source="measured",
+                                 device_name="NVIDIA H200")
+        path = calibration.cache_path("NVIDIA H200")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(calibration.asdict(c)))
+        return c
+
+    monkeypatch.setattr(calibration, "calibrate", fake_calibrate)
+    h200, h100 = load_target("h200"), load_target("h100-sxm")
+    assert calibration.uncalibrated_gpu(h100) is None  # committed figures
+    assert calibration.uncalibrated_gpu(h200) == "NVIDIA H200"
+    plan = plan_run("softmax", target="h200", offline=True)
+    assert measured == ["h200"] and any("calibrated NVIDIA H200" in n for n in plan.notes)
+    assert load_ceilings(h200, "NVIDIA H200").copy_gbps == 4246.0
+    assert calibration.uncalibrated_gpu(h200) is None
+    plan_run("softmax", target="h200", offline=True)
+    assert measured == ["h200"]  # cached: once per device
+
+
 def test_cli_lists_and_shows():
     result = run_cli("--help")
     assert result.returncode == 0 and "specs" in result.stdout and "hw" in result.stdout

@@ -77,6 +77,17 @@ def load_ceilings(target: HardwareTarget, device: str | None = None) -> Ceilings
     return datasheet_ceilings(target)
 
 
+def uncalibrated_gpu(target: HardwareTarget) -> str | None:
+    """The name of this machine's GPU when neither its cache nor the committed figures hold its
+    measured ceilings (its roofline would fall back to the datasheet), else None."""
+    import torch
+
+    if target.interpreter or not torch.cuda.is_available():
+        return None
+    name = host_device_name()
+    return None if cache_path(name).is_file() or committed_path(target).is_file() else name
+
+
 def calibrate(target: HardwareTarget, *, quick: bool = False) -> Ceilings:
     """Measure and cache. `quick` uses small sizes (for tests; not a figure to quote)."""
     import torch
