@@ -88,6 +88,18 @@ def uncalibrated_gpu(target: HardwareTarget) -> str | None:
     return None if cache_path(name).is_file() or committed_path(target).is_file() else name
 
 
+def calibrate_if_needed(target: HardwareTarget) -> str | None:
+    """Measure this GPU's ceilings now if nothing holds them (a few seconds, once per device): a
+    datasheet peak is more than the device reaches, and the roofline should be one a kernel can
+    reach. Returns a line saying what was measured, or None when nothing needed measuring."""
+    gpu = uncalibrated_gpu(target)
+    if gpu is None:
+        return None
+    c = calibrate(target)
+    return (f"calibrated {gpu} once (cached): copy {c.copy_gbps:.0f} GB/s, bf16 matmul "
+            f"{c.matmul_tflops.get('bf16', 0):.0f} TFLOP/s; the roofline uses these")
+
+
 def calibrate(target: HardwareTarget, *, quick: bool = False) -> Ceilings:
     """Measure and cache. `quick` uses small sizes (for tests; not a figure to quote)."""
     import torch

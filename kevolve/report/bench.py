@@ -99,10 +99,13 @@ def suite_paths(suite: Sequence[str]) -> list[Path]:
 def run_suite(paths: Sequence[Path], settings: BenchSettings, out: Path, name: str = "bench_suite",
               command: str = "", say: Callable[[str], None] = print) -> dict[str, Any]:
     from kevolve.hardware import detect_target, load_target
+    from kevolve.hardware.calibrate import calibrate_if_needed
 
     target = load_target(settings.target) if settings.target else detect_target()
     if target.interpreter:
         os.environ.setdefault("TRITON_INTERPRET", "1")  # before any worker starts
+    if measured := calibrate_if_needed(target):  # before any floor is computed
+        say(measured)
     out.mkdir(parents=True, exist_ok=True)
     doc: dict[str, Any] = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "target": target.name,
                            "interpreter": target.interpreter, "device": "", "command": command,

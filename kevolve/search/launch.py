@@ -46,18 +46,15 @@ def plan_run(spec: str | None, *, target: str | None = None, llm: str | None = N
     if spec is None:
         raise ConfigError("name a spec to tune (a path, or an example such as `softmax`), or --resume RUN_ID")
     from kevolve.hardware import detect_target, load_target
-    calibration = importlib.import_module("kevolve.hardware.calibrate")  # the module: the package exports the function
+    from kevolve.hardware.calibrate import calibrate_if_needed
     from kevolve.specs import resolve_spec
 
     spec_obj = resolve_spec(spec)
     target_obj = load_target(target) if target else detect_target()
     _interpreter_env(target_obj.name, target_obj.interpreter)
     notes: list[str] = []
-    if (gpu := calibration.uncalibrated_gpu(target_obj)) is not None:
-        # A datasheet peak is more than the device reaches: the roofline uses what it does reach.
-        c = calibration.calibrate(target_obj)
-        notes.append(f"calibrated {gpu} once (cached): copy {c.copy_gbps:.0f} GB/s, bf16 matmul "
-                     f"{c.matmul_tflops.get('bf16', 0):.0f} TFLOP/s; the roofline uses these")
+    if measured := calibrate_if_needed(target_obj):
+        notes.append(measured)
     synthesizer, model = "offline", None
     url = llm or default_llm_url()
     if offline:
