@@ -101,7 +101,7 @@ class BucketizeTemplate(Template):
         hi = tl.where(active & (below == 0), mid, hi)
     result = lo'''
         if config["search"] == "binary":
-            search = f'''    lo = tl.zeros([BLOCK], tl.int32)
+            search = '''    lo = tl.zeros([BLOCK], tl.int32)
     hi = tl.zeros([BLOCK], tl.int32) + K
 ''' + halving
         elif config["search"] == "split":

@@ -15,8 +15,24 @@ A leaf that is the frame itself, contiguous, skips that: `rows * C + cols`.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from kevolve.synth.offline.expr import Emb, Unsupported
 from kevolve.synth.offline.trace import Node
+
+@dataclass(frozen=True)
+class Leaf:
+    """An input read over a rows x columns frame: where its dims sit in the frame (`emb`), whether
+    it is the frame itself and contiguous (`dense`), its value kind, and whether it varies along
+    the rows and along the columns (a bias varies along the columns only)."""
+
+    node: str
+    emb: tuple
+    dense: bool
+    kind: str
+    along_rows: bool
+    along_cols: bool
+
 
 # Plain Python, emitted into candidates that need it: only shapes and strides are read.
 HELPERS = '''

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from kevolve.hardware.target import HardwareTarget
 from kevolve.specs.model import OperatorSpec
 from kevolve.synth.offline import frame as fr
+from kevolve.synth.offline.frame import Leaf
 from kevolve.synth.offline.expr import Emitter, Unsupported, Val, VIEW_OPS, helpers_source, kind_of
 from kevolve.synth.offline.module import Entry, launch, module_source, torch_dtype
 from kevolve.synth.offline.pointwise import EXTENT_HELPER, is_elementwise
@@ -33,16 +34,6 @@ BLOCK_K = Knob("BLOCK_K", pow2(16, 128), "reduction depth per loop step")
 GROUP_M = Knob("GROUP_M", (1, 4, 8, 16), "tiles of rows visited together (L2 reuse of the B operand)")
 SPLIT_K = Knob("SPLIT_K", (1, 2, 4, 8), "programs sharing one tile's reduction (partials in fp32)")
 DOT_PRECISION = Knob("dot_precision", ("ieee", "tf32x3"), "float32 dot: exact, or three tf32 passes")
-
-
-@dataclass(frozen=True)
-class Leaf:
-    node: str
-    emb: tuple
-    dense: bool
-    kind: str
-    along_rows: bool
-    along_cols: bool
 
 
 @dataclass(frozen=True)
@@ -180,7 +171,6 @@ class MatmulTemplate(Template):
         graph = trace(spec)
         entry = Entry.of(spec, graph)
         mm = graph.node(d.mm)
-        rank = len(mm.shape)
         tags = {(l.node, l.emb): f"l{i}" for i, l in enumerate(d.leaves)}
         split = config["SPLIT_K"] > 1
 
@@ -350,7 +340,7 @@ class MatmulTemplate(Template):
             lines += launch("_matmul_kernel", f"(_grid, {split})", args, consts, config["num_warps"],
                             config["num_stages"])
             red_args = ["_ws"] + leaf_args + ["_out", "_m", "_n", "_batch", "_G1", "_G2"] + stride_args + sizes
-            lines.append(f"_red_grid = triton.cdiv(_batch * _m, 32) * triton.cdiv(_n, 64)")
+            lines.append("_red_grid = triton.cdiv(_batch * _m, 32) * triton.cdiv(_n, 64)")
             lines += launch("_splitk_epilogue", "(_red_grid,)", red_args,
                             {"BLOCK_M": 32, "BLOCK_N": 64, "SPLIT_K": split, "IDX64": "_idx64"}, 4, 1)
         else:

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from kevolve.synth.offline import frame as fr
 from kevolve.synth.offline.expr import Emitter, Val
+from kevolve.synth.offline.frame import Leaf
 from kevolve.synth.offline.template import Config
 from kevolve.synth.offline.trace import Graph, Node
 
@@ -22,16 +23,6 @@ class Red:
     kind: str  # sum | max | min | var
     input: str
     correction: float = 0.0
-
-
-@dataclass(frozen=True)
-class Leaf:
-    node: str
-    emb: tuple
-    dense: bool
-    kind: str
-    along_rows: bool
-    along_cols: bool
 
 
 @dataclass(frozen=True)

@@ -19,9 +19,10 @@ from kevolve.hardware.target import HardwareTarget
 from kevolve.specs.model import OperatorSpec
 from kevolve.synth.offline import frame as fr
 from kevolve.synth.offline.expr import Emitter, Unsupported, Val, VIEW_OPS, helpers_source, kind_of
+from kevolve.synth.offline.frame import Leaf
 from kevolve.synth.offline.module import Entry, launch, module_source, torch_dtype
 from kevolve.synth.offline.pointwise import EXTENT_HELPER, is_elementwise
-from kevolve.synth.offline.rowcode import Leaf, Red, RowCode, RowDetail
+from kevolve.synth.offline.rowcode import Red, RowCode, RowDetail
 from kevolve.synth.offline.template import (BLOCK_M, BLOCK_N, EVICT, NUM_STAGES, NUM_WARPS, PERSISTENT,
                                             PROGRAMS_PER_SM, Config, Knob, Match, Template, next_pow2,
                                             sizes_at, tuned_dims, warps_for)
