@@ -95,6 +95,20 @@ def test_two_matmuls_need_an_llm(tmp_path):
         match_family(spec)
 
 
+def test_a_full_reduction_of_an_input_broadcast_along_one_reduced_dim_needs_an_llm(tmp_path):
+    """mean(relu(1 - p * t)) over (B, N) with a (B,) target: the reduced dims are not one column
+    run for the target, so no offline kernel can walk them; reported as not covered rather than
+    proposed and crashed."""
+    spec = write_spec(tmp_path, "hinge", """
+        import torch
+        def hinge(p, t):
+            return torch.mean(torch.relu(1 - p * t))
+        """, ["{name: p, shape: [B, B], dtype: fp32, dist: {kind: normal}}",
+              "{name: t, shape: [B], dtype: fp32, dist: {kind: normal}}"], ["{B: 9}"])
+    with pytest.raises(SynthesisError, match="broadcast along some of the reduced dims.*needs an LLM"):
+        match_family(spec)
+
+
 # Generality: graphs the example specs do not exercise.
 
 def test_pointwise_broadcasts_lower_rank_and_transposed_inputs(tmp_path):

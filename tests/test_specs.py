@@ -78,6 +78,52 @@ def test_kernelbench_problem_loads_with_derived_shapes():
     assert compare(ref, ref64, Tolerance.for_dtype("float32")).ok
 
 
+# A problem in the style of KernelBench's newer losses: a size tuple, heavy-tailed inputs drawn
+# from torch.distributions, and a (B,) target broadcast against (B, N) predictions, which ties
+# the tuple's size to the batch.
+TUPLE_PROBLEM = """
+import torch
+import torch.nn as nn
+from torch.distributions import Pareto
+
+
+class Model(nn.Module):
+    def __init__(self):
+        super().__init__()
+
+    def forward(self, predictions, targets):
+        return torch.mean(torch.relu(1 - predictions * targets))
+
+
+batch_size = 4096
+input_shape = (4096,)
+
+
+def get_inputs():
+    predictions = Pareto(0.01, 1.5).sample((batch_size, *input_shape))
+    targets = torch.randint(0, 2, (batch_size,)).float() * 2 - 1
+    return [predictions, targets]
+
+
+def get_init_inputs():
+    return []
+"""
+
+
+def test_kernelbench_size_tuples_and_distributions_load(tmp_path):
+    path = tmp_path / "100_TupleLoss.py"
+    path.write_text(TUPLE_PROBLEM)
+    spec = load_spec(path)
+    assert spec.tune_dims == {"batch_size": 4096, "input_shape.0": 4096}
+    small = spec.interpreter_dims[0]
+    assert small["batch_size"] == small["input_shape.0"] and small["batch_size"] ** 2 <= 1 << 16
+    validate_spec(spec)
+    runtime = OperatorRuntime(spec)
+    predictions, targets = runtime.inputs(small, seed=0)
+    assert predictions.shape == (small["batch_size"], small["input_shape.0"]) and targets.shape == (small["batch_size"],)
+    assert torch.distributions.Distribution._validate_args  # loading left validation as it was
+
+
 def test_shape_expressions():
     assert eval_dim("B+1", {"B": 7}) == 8
     assert eval_dim("M*N//2", {"M": 3, "N": 4}) == 6

@@ -109,7 +109,7 @@ def tree_json(tree: SearchTree) -> dict[str, Any]:
             "remeasured_ms": n.remeasure.timing.median_ms if n.remeasure and n.remeasure.timing else None,
             "bound": ev.diagnosis.bound if ev and ev.diagnosis else None,
             "diagnosis": ev.diagnosis.summary if ev and ev.diagnosis else None,
-            "error": (ev.error or "")[:500] if ev else "",
+            "error": _tail(ev.error or "", 800) if ev else "",
             "failed_checks": [c.name for c in ev.failed_checks()] if ev else [],
         })
     return {"baseline": tree.baseline, "nodes": nodes}
@@ -183,3 +183,8 @@ def write_curve(directory: Path, tree: SearchTree) -> None:
         (directory / "speedup.svg").write_text(curve_svg(data))
     except ImportError:  # no matplotlib (a bare GPU image): the data is still there
         pass
+
+
+def _tail(text: str, limit: int) -> str:
+    """The end of an error, where a traceback says what went wrong."""
+    return text if len(text) <= limit else "..." + text[-limit:]

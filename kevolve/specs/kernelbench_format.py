@@ -1,7 +1,7 @@
 """KernelBench problem files, read exactly as published.
 
 A problem is a module with `class Model(nn.Module)`, `get_inputs()`, `get_init_inputs()` and
-module-level integer constants that set the sizes. Those constants are the spec's dimensions:
+module-level integer constants (or tuples of them) that set the sizes. Those constants are the spec's dimensions:
 the functions read them when called, so setting them on the loaded module gives other shapes.
 The published sizes are the tuned shape; a smaller shape for the interpreter and an odd-sized
 check shape are derived and kept only where the reference accepts them (tried on the meta device,
@@ -16,6 +16,7 @@ import itertools
 import sys
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 from kevolve.errors import SpecError
 from kevolve.specs.model import Dims, OperatorSpec
@@ -34,13 +35,18 @@ def looks_like_kernelbench(source: str) -> bool:
 
 
 def size_constants(source: str) -> dict[str, int]:
-    """Module-level `name = <int>` assignments, in file order."""
+    """Module-level `name = <int>` and `name = (<int>, ...)` assignments, in file order; a tuple's
+    items are dimensions of their own, `name.0`, `name.1`, ... (`input_shape = (32768,)`)."""
     out: dict[str, int] = {}
     for node in ast.parse(source).body:
-        if (isinstance(node, ast.Assign) and len(node.targets) == 1
-                and isinstance(node.targets[0], ast.Name)
-                and isinstance(node.value, ast.Constant) and type(node.value.value) is int):
-            out[node.targets[0].id] = node.value.value
+        if not (isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name)):
+            continue
+        name, value = node.targets[0].id, node.value
+        if isinstance(value, ast.Constant) and type(value.value) is int:
+            out[name] = value.value
+        elif isinstance(value, ast.Tuple) and value.elts and all(
+                isinstance(e, ast.Constant) and type(e.value) is int for e in value.elts):
+            out.update({f"{name}.{i}": e.value for i, e in enumerate(value.elts)})
     return out
 
 
@@ -85,23 +91,44 @@ def _model_class(source: str) -> ast.ClassDef:
 
 
 def set_dims(module: ModuleType, dims: Dims) -> None:
+    tuples: dict[str, dict[int, int]] = {}
     for k, v in dims.items():
-        setattr(module, k, int(v))
+        name, dot, index = k.partition(".")
+        if dot:
+            tuples.setdefault(name, {})[int(index)] = int(v)
+        else:
+            setattr(module, k, int(v))
+    for name, items in tuples.items():
+        setattr(module, name, tuple(items[i] for i in sorted(items)))
 
 
 def meta_numel(module: ModuleType, dims: Dims) -> int | None:
     """Total input elements at `dims`, or None where the reference fails there (run on meta)."""
     import torch
 
-    set_dims(module, dims)
     try:
-        with torch.device("meta"):
-            inputs = module.get_inputs()
-            model = module.Model(*module.get_init_inputs())
+        inputs, model = on_meta(module, dims)
+        with torch.device("meta"):  # what forward creates lands there too
             model(*inputs)
     except Exception:
         return None
     return sum(t.numel() for t in inputs if isinstance(t, torch.Tensor))
+
+
+def on_meta(module: ModuleType, dims: Dims) -> tuple[list, Any]:
+    """The problem's inputs and model at `dims` on the meta device: shapes, no memory."""
+    import torch
+    from torch.distributions import Distribution
+
+    set_dims(module, dims)
+    validating = Distribution._validate_args
+    # a distribution (`Pareto(...).sample`) checks its parameters' values, which meta tensors lack
+    Distribution.set_default_validate_args(False)
+    try:
+        with torch.device("meta"):
+            return module.get_inputs(), module.Model(*module.get_init_inputs())
+    finally:
+        Distribution.set_default_validate_args(validating)
 
 
 def _scaled(dims: Dims, factor: float, odd: bool) -> dict[str, int]:

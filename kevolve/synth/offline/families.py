@@ -62,7 +62,7 @@ def match_family(spec: OperatorSpec) -> FamilyMatch:
         try:
             match = template.match(graph, spec)
         except Unsupported as exc:
-            problems.append(f"{template.families[0]}: {exc}")
+            problems.append(f"{'/'.join(template.families)}: {exc}")
             continue
         if match is not None:
             return FamilyMatch(match.family, match.reason, match)

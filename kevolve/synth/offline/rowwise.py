@@ -182,6 +182,13 @@ class RowwiseTemplate(Template):
         em = Emitter(graph, record, special)
         em.gen(output, out_emb)
         fr.frame_dims_covered(frame, [(graph.node(l.node), l.emb) for l in leaves])
+        # The reduced dims are walked as one column run, which an input read along some of them
+        # and broadcast along others does not have (a (B,) target against (B, N) predictions).
+        reduced = {d for d in cols if frame[d] != 1}
+        for leaf in leaves:
+            along = reduced & {f for f in leaf.emb if f is not None}
+            if along and along != reduced:
+                raise Unsupported(f"an input broadcast along some of the reduced dims {sorted(reduced)}")
         return tuple(leaves)
 
     def seeds(self, match: Match, spec: OperatorSpec, target: HardwareTarget) -> list[dict]:

@@ -300,11 +300,7 @@ def input_shapes_at(spec: OperatorSpec, dims: Mapping[str, int]) -> list[tuple[i
         return [i.concrete_shape(dims) for i in spec.inputs]
     from kevolve.specs import kernelbench_format
 
-    module = runtime.module
-    kernelbench_format.set_dims(module, dims)
-    with torch.device("meta"):
-        inputs = module.get_inputs()
-        model = module.Model(*module.get_init_inputs())
+    inputs, model = kernelbench_format.on_meta(runtime.module, dims)
     shapes = [tuple(t.shape) for t in inputs if isinstance(t, torch.Tensor)]
     return shapes + [tuple(p.shape) for _, p in model.named_parameters()]
 
