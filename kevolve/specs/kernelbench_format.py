@@ -14,6 +14,7 @@ import ast
 import importlib.util
 import itertools
 import sys
+import threading
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -23,6 +24,7 @@ from kevolve.specs.model import Dims, OperatorSpec
 
 INTERPRETER_MAX_ELEMENTS = 1 << 16  # the interpreter runs a kernel program by program, in Python
 _module_counter = itertools.count()
+_META_LOCK = threading.Lock()
 
 
 def looks_like_kernelbench(source: str) -> bool:
@@ -120,15 +122,16 @@ def on_meta(module: ModuleType, dims: Dims) -> tuple[list, Any]:
     import torch
     from torch.distributions import Distribution
 
-    set_dims(module, dims)
-    validating = Distribution._validate_args
-    # a distribution (`Pareto(...).sample`) checks its parameters' values, which meta tensors lack
-    Distribution.set_default_validate_args(False)
-    try:
-        with torch.device("meta"):
-            return module.get_inputs(), module.Model(*module.get_init_inputs())
-    finally:
-        Distribution.set_default_validate_args(validating)
+    with _META_LOCK:  # the switch below is process-wide: one caller at a time sets and restores it
+        set_dims(module, dims)
+        validating = Distribution._validate_args
+        # a distribution (`Pareto(...).sample`) checks its parameters' values, which meta tensors lack
+        Distribution.set_default_validate_args(False)
+        try:
+            with torch.device("meta"):
+                return module.get_inputs(), module.Model(*module.get_init_inputs())
+        finally:
+            Distribution.set_default_validate_args(validating)
 
 
 def _scaled(dims: Dims, factor: float, odd: bool) -> dict[str, int]:
