@@ -147,20 +147,16 @@ class JaggedTemplate(Template):
         # behind a single dependent load, instead of a round trip per few rows.
         wide = max(1, min(64, 8192 // block_d))
         whole = dict(base, num_stages=1, evict="stream", num_warps=warps_for(block_d * wide, target, 16))
-        if d.op == "embedding_bag":
-            seeds = [dict(base, UNROLL=8), dict(whole, UNROLL=wide),
-                     dict(whole, UNROLL=max(1, wide // 2), num_warps=warps_for(block_d * wide, target, 32)),
-                     dict(base, UNROLL=16, evict="stream", num_warps=warps_for(block_d * 16, target, 16)),
-                     dict(base, UNROLL=4, BLOCK_D=min(block_d, 64), vec=1)]
-        elif d.op == "embedding":
+        if d.op == "embedding":
             seeds = [dict(base, BLOCK_L=4, num_warps=warps_for(block_d * 4, target, 8)),
                      dict(base, BLOCK_L=1, num_warps=warps_for(block_d, target, 8), evict="stream"),
                      dict(base, BLOCK_L=16, BLOCK_D=min(block_d, 128), num_warps=warps_for(2048, target, 8))]
-        else:
-            seeds = [dict(base, BLOCK_L=8), dict(whole, BLOCK_L=wide),
-                     dict(whole, BLOCK_L=max(1, wide // 2), num_warps=warps_for(block_d * wide, target, 32)),
-                     dict(base, BLOCK_L=16, evict="stream", num_warps=warps_for(block_d * 16, target, 16)),
-                     dict(base, BLOCK_L=4, BLOCK_D=min(block_d, 64), vec=1)]
+        else:  # a bag's or a segment's rows loaded together: the same seeds under either knob
+            rows = "UNROLL" if d.op == "embedding_bag" else "BLOCK_L"
+            seeds = [dict(base, **{rows: 8}), dict(whole, **{rows: wide}),
+                     dict(whole, **{rows: max(1, wide // 2)}, num_warps=warps_for(block_d * wide, target, 32)),
+                     dict(base, **{rows: 16}, evict="stream", num_warps=warps_for(block_d * 16, target, 16)),
+                     dict(base, **{rows: 4}, BLOCK_D=min(block_d, 64), vec=1)]
         if target.interpreter:
             for s in seeds:
                 s["num_warps"] = 1
