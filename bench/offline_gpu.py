@@ -129,22 +129,16 @@ def measure_ceilings(device: str) -> dict:
     return {"copy_gbps": float(f"{copy_gbps:.4g}"), "bf16_matmul_tflops": float(f"{tflops:.4g}")}
 
 
-def floor_of(spec, family: str, dims, xs, out, ceilings) -> tuple[float, float, float]:
-    """(minimal bytes, FLOPs, floor ms): every input read once and the output written once; an
-    embedding bag reads only the distinct rows it gathers (a repeated row need not come from DRAM twice)."""
-    import torch
+def floor_of(runtime, dims, device: str, ceilings) -> tuple[float, float, float]:
+    """(minimal bytes, matmul FLOPs, floor ms), counted as the harness counts them
+    (kevolve.evaluate.cost): every input read once, an embedding bag's distinct rows only, and
+    the output written once."""
+    from kevolve.evaluate.cost import reference_cost
 
-    sizes = [t.numel() * t.element_size() for t in xs]
-    if family == "embedding_bag":
-        table, indices = xs[0], xs[1]
-        sizes[0] = min(sizes[0], torch.unique(indices).numel() * table.shape[1] * table.element_size())
-    nbytes = float(sum(sizes) + out.numel() * out.element_size())
-    flops = 0.0
-    if family == "matmul":
-        m, k = xs[0].shape[-2], xs[0].shape[-1]
-        flops = 2.0 * m * k * out.shape[-1]
-    floor_s = max(nbytes / (ceilings["copy_gbps"] * 1e9), flops / (ceilings["bf16_matmul_tflops"] * 1e12))
-    return nbytes, flops, floor_s * 1e3
+    cost = reference_cost(runtime, dims, device)
+    floor_s = max(cost.min_bytes / (ceilings["copy_gbps"] * 1e9),
+                  cost.matmul_flops / (ceilings["bf16_matmul_tflops"] * 1e12))
+    return cost.min_bytes, cost.matmul_flops, floor_s * 1e3
 
 
 _GATHER_SUM = """import triton
@@ -224,7 +218,7 @@ def bench_spec(spec, device: str, ceilings: dict, args) -> dict:
     expected = as_outputs(ref(*clone_all(xs)))[0]
     exact = as_outputs(runtime.reference(dims, device, float64=True)(*clone_all(xs)))[0]
     tol = spec.tolerance or Tolerance.for_dtype(str(expected.dtype).removeprefix("torch."))
-    nbytes, flops, floor_ms = floor_of(spec, family, dims, xs, expected, ceilings)
+    nbytes, flops, floor_ms = floor_of(runtime, dims, device, ceilings)
     bench = timer(device)
     result = {"spec": spec.name, "family": family, "dims": dict(dims), "min_bytes": nbytes, "flops": flops,
               "floor_ms": floor_ms, "baselines_ms": {}, "baseline_errors": {}}
