@@ -185,11 +185,10 @@ def bench_spec(path: Path, target: Any, pool: Any, settings: BenchSettings) -> S
 def _search(spec: Any, path: Path, target: Any, evaluator: Any, settings: BenchSettings,
             result: SpecResult) -> Evaluation | None:
     from flows.tune_operator import tune
-    from kevolve.report.run_page import curve
+    from kevolve.report.run_page import curve, load_run
     from kevolve.search import outputs
     from kevolve.search.launch import plan_run
     from kevolve.search.store import SearchStore
-    from kevolve.search.tree import SearchTree
 
     search: dict[str, Any] = {"budget": settings.budget, "policy": settings.policy}
     if settings.wall_time_s:
@@ -198,18 +197,17 @@ def _search(spec: Any, path: Path, target: Any, evaluator: Any, settings: BenchS
                     knowledge=settings.knowledge)
     summary = tune(plan, evaluator=evaluator)
     with SearchStore() as store:
-        tree = SearchTree.from_rows(store.nodes(summary.run_id), store.evaluations(summary.run_id), [],
-                                    plan.settings.search.baseline if plan.settings else "fastest")
+        run = load_run(store, summary.run_id)
     result.source = f"search {summary.run_id}"
     result.report = str(outputs.run_dir(summary.run_id) / "report.html")
     if summary.best_node is not None:
         result.kernel = str(outputs.run_dir(summary.run_id) / "best_kernel.py")
     result.evaluations, result.correct = summary.evaluations, summary.correct
-    result.gpu_s = round(sum(ev.wall_s for n in tree for ev in (n.evaluation, n.remeasure) if ev is not None), 1)
+    result.gpu_s = round(run.evaluation_seconds(), 1)
     result.llm_tokens = summary.llm.prompt_tokens + summary.llm.completion_tokens
-    c = curve(tree)
+    c = curve(run.tree)
     result.curve = list(zip(c.xs, c.ys))
-    best = tree.get(summary.best_node) if summary.best_node is not None else None
+    best = run.tree.get(summary.best_node) if summary.best_node is not None else None
     return (best.remeasure or best.evaluation) if best is not None else None
 
 
