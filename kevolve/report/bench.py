@@ -320,14 +320,15 @@ def markdown(doc: dict[str, Any], name: str, drawn: bool = True) -> str:
             lines.append(f"| {r['spec']} | {r['status']}: {r['error'][:120]} |" + " - |" * 12)
             continue
         b, x = r["baselines_ms"], r["speedup"]
-        best = _ms(r["best_ms"]) if r["status"] == "ok" else "none correct"
+        best = ms_cell(r["best_ms"]) if r["status"] == "ok" else "none correct"
         if interp and r["status"] == "ok":
             best = "correct (no speed)"
         floor = f"{100 * r['fraction_of_floor']:.0f}%" if r["fraction_of_floor"] is not None else "-"
         source = f"[{r['source']}]({r['report']})" if r["report"] and not r["report"].startswith("/") else r["source"]
-        lines.append(f"| {r['spec']} | {source} | {_ms(b.get('eager'))} | {_ms(b.get('compile_default'))} | "
-                     f"{_ms(b.get('compile_max_autotune'))} | {best} | {_x(x.get('eager'))} | "
-                     f"{_x(x.get('compile_default'))} | {_x(x.get('compile_max_autotune'))} | {floor} | "
+        lines.append(f"| {r['spec']} | {source} | {ms_cell(b.get('eager'))} | "
+                     f"{ms_cell(b.get('compile_default'))} | {ms_cell(b.get('compile_max_autotune'))} | {best} | "
+                     f"{speedup_cell(x.get('eager'))} | {speedup_cell(x.get('compile_default'))} | "
+                     f"{speedup_cell(x.get('compile_max_autotune'))} | {floor} | "
                      f"{r['bound'] or '-'} | {r['evaluations']} ({r['correct']}) | {r['gpu_s']:.1f} | "
                      f"{r['llm_tokens']} |")
     ok = [r for r in doc["specs"] if r["status"] == "ok" and r["best_ms"] is not None]
@@ -372,11 +373,11 @@ def plots(doc: dict[str, Any]) -> dict[str, str]:
     }
 
 
-def _ms(v: float | None) -> str:
+def ms_cell(v: float | None) -> str:
     return f"{v:.4g}" if isinstance(v, (int, float)) else "-"
 
 
-def _x(v: float | None) -> str:
+def speedup_cell(v: float | None) -> str:
     return f"{v:.2f}x" if isinstance(v, (int, float)) else "-"
 
 
