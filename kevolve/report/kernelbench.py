@@ -146,8 +146,6 @@ def _not_covered(path: Path) -> str:
 
 
 def _llm_answers(settings: BenchSettings) -> bool:
-    if settings.offline:
-        return False
     if settings.llm:
         return True  # named: the search says clearly if it does not answer
     from kevolve.search.components import llm_answers
