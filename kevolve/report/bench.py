@@ -354,9 +354,9 @@ def plots(doc: dict[str, Any]) -> dict[str, str]:
 
     specs = [r for r in doc["specs"] if r["status"] != "not run"]
     labels = [r["spec"] for r in specs]
+    curves = [Series(r["spec"], [x for x, _ in r["curve"]], [y for _, y in r["curve"]]) for r in specs if r["curve"]]
     if doc["interpreter"]:
         groups = {"(interpreter: no kernel speed)": [None] * len(specs)}
-        curves = [Series(r["spec"], [x for x, _ in r["curve"]], [y for _, y in r["curve"]]) for r in specs if r["curve"]]
         return {
             "speedup": bars_svg(labels, groups, title="Speedup per spec", ylabel="speedup (x)",
                                 note=INTERPRETER_WARNING, reference=None),
@@ -364,7 +364,6 @@ def plots(doc: dict[str, Any]) -> dict[str, str]:
                                ylabel="correct kernels so far", note=INTERPRETER_WARNING),
         }
     groups = {BASELINE_LABELS[n]: [r["speedup"].get(n) for r in specs] for n in BASELINE_NAMES}
-    curves = [Series(r["spec"], [x for x, _ in r["curve"]], [y for _, y in r["curve"]]) for r in specs if r["curve"]]
     return {
         "speedup": bars_svg(labels, groups, title=f"Best kernel's speedup per spec ({doc['device'] or doc['target']})",
                             ylabel="baseline time / best time (x)", note="n/a: no correct kernel or no baseline"),
