@@ -55,6 +55,15 @@ def test_a_suite_names_only_what_exists(tmp_path):
     assert len(suite_paths([])) >= 15  # the example specs
 
 
+def test_bench_settings_refuse_a_search_no_run_could_make():
+    with pytest.raises(KevolveError, match="budget must be at least 1, not 0"):
+        BenchSettings(budget=0)
+    with pytest.raises(KevolveError, match="unknown policy 'annealing'"):
+        BenchSettings(policy="annealing")
+    assert BenchSettings(budget=3, wall_time_s=60).search_settings() == {"budget": 3, "policy": "mcts",
+                                                                          "wall_time_s": 60}
+
+
 def gpu_doc() -> dict:
     row = dict(spec="softmax", status="ok", source="search r1", dims={}, baseline_errors={"compile_max_autotune": "boom"},
                baselines_ms={"eager": 0.27, "compile_default": 0.16, "compile_max_autotune": None},

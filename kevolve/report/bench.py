@@ -47,6 +47,18 @@ class BenchSettings:
     fresh: bool = False  # search even where the library holds a kernel
     workers: int | None = None
 
+    def __post_init__(self) -> None:
+        from kevolve.search.config import SearchConfig
+
+        SearchConfig.from_dict(self.search_settings())  # a bad policy or budget: one error now, not one per spec
+
+    def search_settings(self) -> dict[str, Any]:
+        """The SearchConfig fields of each spec's search."""
+        search: dict[str, Any] = {"budget": self.budget, "policy": self.policy}
+        if self.wall_time_s:
+            search["wall_time_s"] = self.wall_time_s
+        return search
+
 
 @dataclass
 class SpecResult:
@@ -190,11 +202,8 @@ def _search(spec: Any, path: Path, target: Any, evaluator: Any, settings: BenchS
     from kevolve.search.launch import plan_run
     from kevolve.search.store import SearchStore
 
-    search: dict[str, Any] = {"budget": settings.budget, "policy": settings.policy}
-    if settings.wall_time_s:
-        search["wall_time_s"] = settings.wall_time_s
-    plan = plan_run(str(path), target=target.name, llm=settings.llm, offline=settings.offline, search=search,
-                    knowledge=settings.knowledge)
+    plan = plan_run(str(path), target=target.name, llm=settings.llm, offline=settings.offline,
+                    search=settings.search_settings(), knowledge=settings.knowledge)
     summary = tune(plan, evaluator=evaluator)
     with SearchStore() as store:
         run = load_run(store, summary.run_id)
