@@ -27,6 +27,7 @@ from pathlib import Path
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator, Sequence
 
+from kevolve.errors import KevolveError
 from kevolve.evaluate.result import BASELINE_NAMES, Evaluation
 
 BASELINE_LABELS = {"eager": "eager", "compile_default": "torch.compile", "compile_max_autotune": "max-autotune"}
@@ -87,7 +88,6 @@ class SpecResult:
 # Running ---------------------------------------------------------------------------------------
 def suite_paths(suite: Sequence[str]) -> list[Path]:
     """Spec files from folders, files and example names; the example specs by default."""
-    from kevolve.errors import KevolveError
     from kevolve.paths import specs_dir
     from kevolve.specs import discover
 
@@ -186,7 +186,8 @@ def bench_spec(path: Path, target: Any, pool: Any, settings: BenchSettings) -> S
             best = _search(spec, path, target, evaluator, settings, result)
         _fill(result, best, evaluator, target.interpreter)
     except Exception as exc:  # one spec failing must not lose the others' figures
-        traceback.print_exc(file=sys.stderr)
+        if not isinstance(exc, KevolveError):  # an error a user can act on is its one line; a bug shows where
+            traceback.print_exc(file=sys.stderr)
         result.status, result.error = "error", _error(exc)
     finally:
         evaluator.close()
@@ -292,8 +293,6 @@ def write(out: Path, name: str, doc: dict[str, Any]) -> None:
 
 def replot(json_path: Path) -> Path:
     """The table and plots again from a bench's JSON (e.g. one written where matplotlib was missing)."""
-    from kevolve.errors import KevolveError
-
     try:
         doc = json.loads(json_path.read_text())
         doc["specs"]
