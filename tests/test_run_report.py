@@ -143,4 +143,6 @@ def test_a_timed_tree_gives_a_best_so_far_speedup_curve_and_speedups_on_the_page
     assert "eager 4 ms, compile default 2 ms" in html and "150 completion tokens" not in html
     assert "100 prompt + 50 completion tokens" in html and "7.5 s" in html  # 4 evaluations + 1 re-measure, 1.5 s each
     assert "Speedup over the evaluations" in html
+    assert "<th>outcomes</th><td>correct 3, crashed 1</td>" in html
+    assert '<td class="o-crashed">crashed</td>' in html
     assert thick_edges(html) == 2  # nodes 1 and 3 lead to the best
