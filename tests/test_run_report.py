@@ -110,6 +110,10 @@ def test_kevolve_report_prints_rebuilds_and_refuses_unknown_runs(run, monkeypatc
     assert main(["report", "--html"]) == 0  # the latest run
     printed = capsys.readouterr().out
     assert printed.startswith("<!DOCTYPE html>") and page.read_text() == printed
+    page.write_text("stale")  # a page there is shown as it is, unless --rebuild
+    assert main(["report", run_id]) == 0 and page.read_text() == "stale"
+    assert main(["report", run_id, "--rebuild"]) == 0 and page.read_text() == printed
+    capsys.readouterr()
     assert main(["report", "no-such-run"]) == 2
     assert "no run 'no-such-run'" in capsys.readouterr().err
 
