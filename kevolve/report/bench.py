@@ -97,9 +97,10 @@ def suite_paths(suite: Sequence[str]) -> list[Path]:
         if p.exists():
             paths += discover([p])
             continue
-        named = [specs_dir() / f"{n}{s}" for n in item.split(",") if n for s in (".yaml", ".py")]
-        found = [c for c in named if c.is_file()]
-        if len(found) < len([n for n in item.split(",") if n]):
+        # each name as `kevolve tune NAME` takes it: NAME.yaml, else NAME.py
+        found = [next((c for s in (".yaml", ".py") if (c := specs_dir() / f"{n}{s}").is_file()), None)
+                 for n in item.split(",") if n]
+        if None in found:
             raise KevolveError(f"{item!r} is neither a spec file, a folder of specs, nor example spec names "
                                f"(see `kevolve specs list`)")
         paths += found
