@@ -47,7 +47,7 @@ def run(args) -> int:
                              knowledge=not args.no_knowledge, fresh=args.fresh, workers=args.workers)
     paths = suite_paths(args.suite)
     out = Path(args.out)
-    command = "kevolve " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:] else "kevolve bench"
+    command = shlex.join(["kevolve", *sys.argv[1:]]) if sys.argv[1:] else "kevolve bench"
     doc = run_suite(paths, settings, out, args.name, command,
                     say=lambda line: print(line, file=sys.stderr, flush=True))
     if doc["interpreter"]:
