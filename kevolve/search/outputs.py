@@ -150,10 +150,10 @@ def summary_markdown(summary: Any, settings: TuneSettings, best: Node | None, tr
 LEADERBOARD_ROWS = 20
 
 
-def leaderboard(tree: SearchTree, rows: int = LEADERBOARD_ROWS) -> list[dict[str, Any]]:
+def leaderboard(tree: SearchTree) -> list[dict[str, Any]]:
     """The correct kernels, fittest first (the confirmed figure where re-measured)."""
     board = []
-    for rank, n in enumerate([n for n in tree.ranked() if n.correct][:rows], 1):
+    for rank, n in enumerate([n for n in tree.ranked() if n.correct][:LEADERBOARD_ROWS], 1):
         ev = n.remeasure or n.evaluation
         o = n.candidate.origin
         s = speedup(ev, tree.baseline, tree.baselines)
