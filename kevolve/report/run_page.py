@@ -105,15 +105,15 @@ def curve(tree: SearchTree) -> Curve:
     return Curve(False, tuple(range(1, len(counts) + 1)), tuple(counts), ())
 
 
-def curve_svg(data: Curve, label: str = "") -> str:
+def curve_svg(data: Curve) -> str:
     from kevolve.report.plots import Series, line_svg
 
     if data.timed:
-        return line_svg([Series(label or "best so far", data.xs, data.ys, points=data.points)],
+        return line_svg([Series("best so far", data.xs, data.ys, points=data.points)],
                         title="Speedup over the evaluations", xlabel="evaluations",
                         ylabel="speedup over the baseline (x)", reference=1.0,
                         note="dots: each correct kernel; line: the best so far")
-    return line_svg([Series(label or "correct kernels", data.xs, data.ys)], title="Correct kernels over the evaluations",
+    return line_svg([Series("correct kernels", data.xs, data.ys)], title="Correct kernels over the evaluations",
                     xlabel="evaluations", ylabel="correct kernels so far",
                     note="interpreter: no kernel speed, so no speedup curve")
 
