@@ -48,11 +48,27 @@ def test_the_suite_bench_searches_then_takes_the_librarys_kernel(tmp_path):
     assert again["status"] == "ok" and again["source"] == f"library {entry.ref}" and again["evaluations"] == 1
 
 
-def test_a_suite_names_only_what_exists(tmp_path):
+def test_a_suite_names_only_what_exists(tmp_path, monkeypatch):
     with pytest.raises(KevolveError, match="neither a spec file"):
         suite_paths(["softmax,no_such_spec"])
     assert [p.stem for p in suite_paths(["softmax,rmsnorm"])] == ["softmax", "rmsnorm"]
     assert len(suite_paths([])) >= 15  # the example specs
+    # a name with a YAML spec and a KernelBench file is one spec (the YAML, as `kevolve tune` takes it)
+    for name in ("twice.yaml", "twice.py"):
+        (tmp_path / name).write_text("")
+    monkeypatch.setenv("KEVOLVE_SPECS_DIR", str(tmp_path))
+    assert suite_paths(["twice"]) == [tmp_path / "twice.yaml"]
+    with pytest.raises(KevolveError, match="neither a spec file"):
+        suite_paths(["twice,no_such_spec"])
+
+
+def test_bench_settings_refuse_a_search_no_run_could_make():
+    with pytest.raises(KevolveError, match="budget must be at least 1, not 0"):
+        BenchSettings(budget=0)
+    with pytest.raises(KevolveError, match="unknown policy 'annealing'"):
+        BenchSettings(policy="annealing")
+    assert BenchSettings(budget=3, wall_time_s=60).search_settings() == {"budget": 3, "policy": "mcts",
+                                                                          "wall_time_s": 60}
 
 
 def gpu_doc() -> dict:

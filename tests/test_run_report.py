@@ -110,6 +110,10 @@ def test_kevolve_report_prints_rebuilds_and_refuses_unknown_runs(run, monkeypatc
     assert main(["report", "--html"]) == 0  # the latest run
     printed = capsys.readouterr().out
     assert printed.startswith("<!DOCTYPE html>") and page.read_text() == printed
+    page.write_text("stale")  # a page there is shown as it is, unless --rebuild
+    assert main(["report", run_id]) == 0 and page.read_text() == "stale"
+    assert main(["report", run_id, "--rebuild"]) == 0 and page.read_text() == printed
+    capsys.readouterr()
     assert main(["report", "no-such-run"]) == 2
     assert "no run 'no-such-run'" in capsys.readouterr().err
 
@@ -143,4 +147,6 @@ def test_a_timed_tree_gives_a_best_so_far_speedup_curve_and_speedups_on_the_page
     assert "eager 4 ms, compile default 2 ms" in html and "150 completion tokens" not in html
     assert "100 prompt + 50 completion tokens" in html and "7.5 s" in html  # 4 evaluations + 1 re-measure, 1.5 s each
     assert "Speedup over the evaluations" in html
+    assert "<th>outcomes</th><td>correct 3, crashed 1</td>" in html
+    assert '<td class="o-crashed">crashed</td>' in html
     assert thick_edges(html) == 2  # nodes 1 and 3 lead to the best

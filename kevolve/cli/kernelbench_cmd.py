@@ -50,7 +50,7 @@ def run(args) -> int:
                              offline=args.offline, llm=args.llm, knowledge=not args.no_knowledge, fresh=args.fresh,
                              workers=args.workers)
     out = Path(args.out)
-    command = "kevolve " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    command = shlex.join(["kevolve", *sys.argv[1:]])
     problems = [x for x in args.problems.split(",") if x]
     doc = run_kernelbench(root, args.level, problems, settings, out, ps=ps, published=published, command=command,
                           say=lambda line: print(line, file=sys.stderr, flush=True))

@@ -30,7 +30,7 @@ def run(args) -> int:
         if args.run is None:
             if not runs:
                 raise KevolveError("no runs yet in this state folder; start one with `kevolve tune SPEC`")
-            run_id = max(runs, key=lambda r: (r.created_at, r.id)).id
+            run_id = runs[-1].id  # the store lists them oldest first
         else:
             run_id = store.run(args.run).id  # a clear error for an unknown id
         path = outputs.run_dir(run_id) / "report.html"

@@ -27,6 +27,7 @@ from pathlib import Path
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator, Sequence
 
+from kevolve.errors import KevolveError
 from kevolve.evaluate.result import BASELINE_NAMES, Evaluation
 
 BASELINE_LABELS = {"eager": "eager", "compile_default": "torch.compile", "compile_max_autotune": "max-autotune"}
@@ -46,6 +47,18 @@ class BenchSettings:
     knowledge: bool = True
     fresh: bool = False  # search even where the library holds a kernel
     workers: int | None = None
+
+    def __post_init__(self) -> None:
+        from kevolve.search.config import SearchConfig
+
+        SearchConfig.from_dict(self.search_settings())  # a bad policy or budget: one error now, not one per spec
+
+    def search_settings(self) -> dict[str, Any]:
+        """The SearchConfig fields of each spec's search."""
+        search: dict[str, Any] = {"budget": self.budget, "policy": self.policy}
+        if self.wall_time_s:
+            search["wall_time_s"] = self.wall_time_s
+        return search
 
 
 @dataclass
@@ -75,7 +88,6 @@ class SpecResult:
 # Running ---------------------------------------------------------------------------------------
 def suite_paths(suite: Sequence[str]) -> list[Path]:
     """Spec files from folders, files and example names; the example specs by default."""
-    from kevolve.errors import KevolveError
     from kevolve.paths import specs_dir
     from kevolve.specs import discover
 
@@ -85,9 +97,10 @@ def suite_paths(suite: Sequence[str]) -> list[Path]:
         if p.exists():
             paths += discover([p])
             continue
-        named = [specs_dir() / f"{n}{s}" for n in item.split(",") if n for s in (".yaml", ".py")]
-        found = [c for c in named if c.is_file()]
-        if len(found) < len([n for n in item.split(",") if n]):
+        # each name as `kevolve tune NAME` takes it: NAME.yaml, else NAME.py
+        found = [next((c for s in (".yaml", ".py") if (c := specs_dir() / f"{n}{s}").is_file()), None)
+                 for n in item.split(",") if n]
+        if None in found:
             raise KevolveError(f"{item!r} is neither a spec file, a folder of specs, nor example spec names "
                                f"(see `kevolve specs list`)")
         paths += found
@@ -174,7 +187,8 @@ def bench_spec(path: Path, target: Any, pool: Any, settings: BenchSettings) -> S
             best = _search(spec, path, target, evaluator, settings, result)
         _fill(result, best, evaluator, target.interpreter)
     except Exception as exc:  # one spec failing must not lose the others' figures
-        traceback.print_exc(file=sys.stderr)
+        if not isinstance(exc, KevolveError):  # an error a user can act on is its one line; a bug shows where
+            traceback.print_exc(file=sys.stderr)
         result.status, result.error = "error", _error(exc)
     finally:
         evaluator.close()
@@ -185,31 +199,26 @@ def bench_spec(path: Path, target: Any, pool: Any, settings: BenchSettings) -> S
 def _search(spec: Any, path: Path, target: Any, evaluator: Any, settings: BenchSettings,
             result: SpecResult) -> Evaluation | None:
     from flows.tune_operator import tune
-    from kevolve.report.run_page import curve
+    from kevolve.report.run_page import curve, load_run
     from kevolve.search import outputs
     from kevolve.search.launch import plan_run
     from kevolve.search.store import SearchStore
-    from kevolve.search.tree import SearchTree
 
-    search: dict[str, Any] = {"budget": settings.budget, "policy": settings.policy}
-    if settings.wall_time_s:
-        search["wall_time_s"] = settings.wall_time_s
-    plan = plan_run(str(path), target=target.name, llm=settings.llm, offline=settings.offline, search=search,
-                    knowledge=settings.knowledge)
+    plan = plan_run(str(path), target=target.name, llm=settings.llm, offline=settings.offline,
+                    search=settings.search_settings(), knowledge=settings.knowledge)
     summary = tune(plan, evaluator=evaluator)
     with SearchStore() as store:
-        tree = SearchTree.from_rows(store.nodes(summary.run_id), store.evaluations(summary.run_id), [],
-                                    plan.settings.search.baseline if plan.settings else "fastest")
+        run = load_run(store, summary.run_id)
     result.source = f"search {summary.run_id}"
     result.report = str(outputs.run_dir(summary.run_id) / "report.html")
     if summary.best_node is not None:
         result.kernel = str(outputs.run_dir(summary.run_id) / "best_kernel.py")
     result.evaluations, result.correct = summary.evaluations, summary.correct
-    result.gpu_s = round(sum(ev.wall_s for n in tree for ev in (n.evaluation, n.remeasure) if ev is not None), 1)
+    result.gpu_s = round(run.evaluation_seconds(), 1)
     result.llm_tokens = summary.llm.prompt_tokens + summary.llm.completion_tokens
-    c = curve(tree)
+    c = curve(run.tree)
     result.curve = list(zip(c.xs, c.ys))
-    best = tree.get(summary.best_node) if summary.best_node is not None else None
+    best = run.tree.get(summary.best_node) if summary.best_node is not None else None
     return (best.remeasure or best.evaluation) if best is not None else None
 
 
@@ -285,8 +294,6 @@ def write(out: Path, name: str, doc: dict[str, Any]) -> None:
 
 def replot(json_path: Path) -> Path:
     """The table and plots again from a bench's JSON (e.g. one written where matplotlib was missing)."""
-    from kevolve.errors import KevolveError
-
     try:
         doc = json.loads(json_path.read_text())
         doc["specs"]
@@ -322,14 +329,15 @@ def markdown(doc: dict[str, Any], name: str, drawn: bool = True) -> str:
             lines.append(f"| {r['spec']} | {r['status']}: {r['error'][:120]} |" + " - |" * 12)
             continue
         b, x = r["baselines_ms"], r["speedup"]
-        best = _ms(r["best_ms"]) if r["status"] == "ok" else "none correct"
+        best = ms_cell(r["best_ms"]) if r["status"] == "ok" else "none correct"
         if interp and r["status"] == "ok":
             best = "correct (no speed)"
         floor = f"{100 * r['fraction_of_floor']:.0f}%" if r["fraction_of_floor"] is not None else "-"
         source = f"[{r['source']}]({r['report']})" if r["report"] and not r["report"].startswith("/") else r["source"]
-        lines.append(f"| {r['spec']} | {source} | {_ms(b.get('eager'))} | {_ms(b.get('compile_default'))} | "
-                     f"{_ms(b.get('compile_max_autotune'))} | {best} | {_x(x.get('eager'))} | "
-                     f"{_x(x.get('compile_default'))} | {_x(x.get('compile_max_autotune'))} | {floor} | "
+        lines.append(f"| {r['spec']} | {source} | {ms_cell(b.get('eager'))} | "
+                     f"{ms_cell(b.get('compile_default'))} | {ms_cell(b.get('compile_max_autotune'))} | {best} | "
+                     f"{speedup_cell(x.get('eager'))} | {speedup_cell(x.get('compile_default'))} | "
+                     f"{speedup_cell(x.get('compile_max_autotune'))} | {floor} | "
                      f"{r['bound'] or '-'} | {r['evaluations']} ({r['correct']}) | {r['gpu_s']:.1f} | "
                      f"{r['llm_tokens']} |")
     ok = [r for r in doc["specs"] if r["status"] == "ok" and r["best_ms"] is not None]
@@ -355,9 +363,9 @@ def plots(doc: dict[str, Any]) -> dict[str, str]:
 
     specs = [r for r in doc["specs"] if r["status"] != "not run"]
     labels = [r["spec"] for r in specs]
+    curves = [Series(r["spec"], [x for x, _ in r["curve"]], [y for _, y in r["curve"]]) for r in specs if r["curve"]]
     if doc["interpreter"]:
         groups = {"(interpreter: no kernel speed)": [None] * len(specs)}
-        curves = [Series(r["spec"], [x for x, _ in r["curve"]], [y for _, y in r["curve"]]) for r in specs if r["curve"]]
         return {
             "speedup": bars_svg(labels, groups, title="Speedup per spec", ylabel="speedup (x)",
                                 note=INTERPRETER_WARNING, reference=None),
@@ -365,7 +373,6 @@ def plots(doc: dict[str, Any]) -> dict[str, str]:
                                ylabel="correct kernels so far", note=INTERPRETER_WARNING),
         }
     groups = {BASELINE_LABELS[n]: [r["speedup"].get(n) for r in specs] for n in BASELINE_NAMES}
-    curves = [Series(r["spec"], [x for x, _ in r["curve"]], [y for _, y in r["curve"]]) for r in specs if r["curve"]]
     return {
         "speedup": bars_svg(labels, groups, title=f"Best kernel's speedup per spec ({doc['device'] or doc['target']})",
                             ylabel="baseline time / best time (x)", note="n/a: no correct kernel or no baseline"),
@@ -374,11 +381,11 @@ def plots(doc: dict[str, Any]) -> dict[str, str]:
     }
 
 
-def _ms(v: float | None) -> str:
+def ms_cell(v: float | None) -> str:
     return f"{v:.4g}" if isinstance(v, (int, float)) else "-"
 
 
-def _x(v: float | None) -> str:
+def speedup_cell(v: float | None) -> str:
     return f"{v:.2f}x" if isinstance(v, (int, float)) else "-"
 
 

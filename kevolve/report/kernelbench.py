@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from kevolve.errors import KevolveError
-from kevolve.report.bench import BenchSettings, SpecResult, bench_spec, shared_pool
+from kevolve.report.bench import BenchSettings, SpecResult, bench_spec, ms_cell, shared_pool, speedup_cell
 
 PUBLISHED_FILES = {"eager": "baseline_time_torch.json", "compile_default": "baseline_time_torch_compile_inductor_default.json"}
 
@@ -146,8 +146,6 @@ def _not_covered(path: Path) -> str:
 
 
 def _llm_answers(settings: BenchSettings) -> bool:
-    if settings.offline:
-        return False
     if settings.llm:
         return True  # named: the search says clearly if it does not answer
     from kevolve.search.components import llm_answers
@@ -199,10 +197,11 @@ def markdown(doc: dict[str, Any]) -> str:
               "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in doc["problems"]:
         b, x = r["baselines_ms"], r["speedup"]
-        best = "correct (no speed)" if interp and r["correct_kernel"] else _ms(r["best_ms"])
-        pub = _ms(r.get("published_ms", {}).get("eager"))
-        lines.append(f"| {r['problem']} | {r['status']} | {best} | {_ms(b.get('eager'))} | "
-                     f"{_ms(b.get('compile_default'))} | {_x(x.get('eager'))} | {_x(x.get('compile_default'))} | "
+        best = "correct (no speed)" if interp and r["correct_kernel"] else ms_cell(r["best_ms"])
+        pub = ms_cell(r.get("published_ms", {}).get("eager"))
+        lines.append(f"| {r['problem']} | {r['status']} | {best} | {ms_cell(b.get('eager'))} | "
+                     f"{ms_cell(b.get('compile_default'))} | {speedup_cell(x.get('eager'))} | "
+                     f"{speedup_cell(x.get('compile_default'))} | "
                      f"{pub} | {r['evaluations']} | {Path(r['model_new']).name if r['model_new'] else '-'} | "
                      f"{r['note'][:160]} |")
     return "\n".join(lines) + "\n"
@@ -212,11 +211,3 @@ def _share(v: float | None, interpreter: bool = False) -> str:
     if v is None:
         return "n/a (interpreter: no kernel speed)" if interpreter else "n/a"
     return f"{v:.1%}"
-
-
-def _ms(v: Any) -> str:
-    return f"{v:.4g}" if isinstance(v, (int, float)) else "-"
-
-
-def _x(v: Any) -> str:
-    return f"{v:.2f}x" if isinstance(v, (int, float)) else "-"

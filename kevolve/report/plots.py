@@ -16,8 +16,7 @@ COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e3
 class Series:
     label: str
     xs: Sequence[float]
-    ys: Sequence[float]
-    step: bool = True  # a best-so-far line: flat until the next improvement
+    ys: Sequence[float]  # best so far: drawn flat until the next improvement
     points: tuple[tuple[float, float], ...] = ()  # each evaluation's own value, drawn as dots
 
 
@@ -47,10 +46,7 @@ def line_svg(series: Sequence[Series], *, title: str, xlabel: str, ylabel: str, 
     for i, s in enumerate(series):
         color = COLORS[i % len(COLORS)]
         if s.xs:
-            if s.step:
-                ax.step(s.xs, s.ys, where="post", color=color, label=s.label, linewidth=1.6)
-            else:
-                ax.plot(s.xs, s.ys, color=color, label=s.label, linewidth=1.6)
+            ax.step(s.xs, s.ys, where="post", color=color, label=s.label, linewidth=1.6)
         if s.points:
             ax.scatter([p[0] for p in s.points], [p[1] for p in s.points], s=12, color=color, alpha=0.45,
                        linewidths=0)

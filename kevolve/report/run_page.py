@@ -9,12 +9,14 @@ says so at the top, and its curve counts correct kernels instead of a speedup.
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 from html import escape
 from pathlib import Path
 from typing import Sequence
 
 from kevolve.evaluate.result import BASELINE_NAMES, Baselines, Evaluation
+from kevolve.report.tree_svg import legend_html, outcome_of, tree_svg
 from kevolve.search.config import TuneSettings
 from kevolve.search.fitness import speedup
 from kevolve.search.store import RetrievalRow, RunRecord, SearchStore
@@ -103,15 +105,15 @@ def curve(tree: SearchTree) -> Curve:
     return Curve(False, tuple(range(1, len(counts) + 1)), tuple(counts), ())
 
 
-def curve_svg(data: Curve, label: str = "") -> str:
+def curve_svg(data: Curve) -> str:
     from kevolve.report.plots import Series, line_svg
 
     if data.timed:
-        return line_svg([Series(label or "best so far", data.xs, data.ys, points=data.points)],
+        return line_svg([Series("best so far", data.xs, data.ys, points=data.points)],
                         title="Speedup over the evaluations", xlabel="evaluations",
                         ylabel="speedup over the baseline (x)", reference=1.0,
                         note="dots: each correct kernel; line: the best so far")
-    return line_svg([Series(label or "correct kernels", data.xs, data.ys)], title="Correct kernels over the evaluations",
+    return line_svg([Series("correct kernels", data.xs, data.ys)], title="Correct kernels over the evaluations",
                     xlabel="evaluations", ylabel="correct kernels so far",
                     note="interpreter: no kernel speed, so no speedup curve")
 
@@ -125,8 +127,6 @@ def write(directory: Path, store: SearchStore, run_id: str, notes: Sequence[str]
 
 
 def render(data: RunData) -> str:
-    from kevolve.report.tree_svg import legend_html, tree_svg
-
     run, tree, best = data.run, data.tree, data.best
     title = f"{run.spec_name} on {run.target}: run {run.id}"
     parts = [f"<h1>{escape(title)}</h1>"]
@@ -165,8 +165,9 @@ def _summary(data: RunData) -> str:
                  ("budget", f"{c.budget} evaluations" + (f", {c.wall_time_s:g} s" if c.wall_time_s else "")),
                  ("speedup over", c.baseline)]
     evaluated = data.tree.evaluated()
+    outcomes = sorted(Counter(map(outcome_of, data.tree)).items())
     rows += [("evaluated", f"{len(evaluated)} candidates, {sum(n.correct for n in evaluated)} correct"),
-             ("outcomes", ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in sorted(_outcomes(data.tree).items())))]
+             ("outcomes", ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in outcomes))]
     rows.append(("best", f"node #{best.id}: {_result(data, best)}" if best else "none passed every check"))
     base = data.baselines()
     if base is not None and not data.interpreter:
@@ -239,7 +240,7 @@ def _nodes_table(data: RunData) -> str:
         retrieval = _retrieval_for(data, n)
         docs = ", ".join(src for src, _, _ in retrieval.documents) if retrieval else ""
         cls = "best" if data.best is not None and n.id == data.best.id else ""
-        outcome = ev.outcome.value if ev else "pending"
+        outcome = outcome_of(n)
         rows.append(
             f'<tr id="node-{n.id}" class="{cls}"><td>#{n.id}</td><td>{"#" + str(n.parent_id) if n.parent_id else "ref"}'
             f"</td><td>{n.round}</td><td>{escape(n.memory_mode)}</td><td>{escape(n.candidate.origin.made_by())}</td>"
@@ -305,14 +306,6 @@ def _ms(ev: Evaluation | None) -> str:
     if ev is None or ev.timing is None:
         return "-"
     return f"{ev.timing.median_ms:.4g}" + (" (interp.)" if ev.timing.interpreter else "")
-
-
-def _outcomes(tree: SearchTree) -> dict[str, int]:
-    out: dict[str, int] = {}
-    for n in tree:
-        key = n.evaluation.outcome.value if n.evaluation else "pending"
-        out[key] = out.get(key, 0) + 1
-    return out
 
 
 def _table(rows: Sequence[tuple[str, str]], cls: str) -> str:

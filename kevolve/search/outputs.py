@@ -32,8 +32,8 @@ def run_dir(run_id: str) -> Path:
 
 
 def write(directory: Path, spec: OperatorSpec, tree: SearchTree, summary: Any, settings: TuneSettings,
-          store: SearchStore | None = None) -> Path:
-    """The run's files; report.html too when the store is given (the page reads the run from it)."""
+          store: SearchStore) -> Path:
+    """The run's files; report.html reads the run from the store."""
     directory.mkdir(parents=True, exist_ok=True)
     best = tree.get(summary.best_node) if summary.best_node is not None else None
     if best is not None:
@@ -49,10 +49,9 @@ def write(directory: Path, spec: OperatorSpec, tree: SearchTree, summary: Any, s
     (directory / "summary.md").write_text(summary_markdown(summary, settings, best, tree, kernelbench))
     (directory / "leaderboard.json").write_text(json.dumps(leaderboard(tree), indent=1))
     write_curve(directory, tree)
-    if store is not None:
-        from kevolve.report import run_page
+    from kevolve.report import run_page
 
-        run_page.write(directory, store, summary.run_id, summary.notes)
+    run_page.write(directory, store, summary.run_id, summary.notes)
     return directory
 
 
@@ -151,10 +150,10 @@ def summary_markdown(summary: Any, settings: TuneSettings, best: Node | None, tr
 LEADERBOARD_ROWS = 20
 
 
-def leaderboard(tree: SearchTree, rows: int = LEADERBOARD_ROWS) -> list[dict[str, Any]]:
+def leaderboard(tree: SearchTree) -> list[dict[str, Any]]:
     """The correct kernels, fittest first (the confirmed figure where re-measured)."""
     board = []
-    for rank, n in enumerate([n for n in tree.ranked() if n.correct][:rows], 1):
+    for rank, n in enumerate([n for n in tree.ranked() if n.correct][:LEADERBOARD_ROWS], 1):
         ev = n.remeasure or n.evaluation
         o = n.candidate.origin
         s = speedup(ev, tree.baseline, tree.baselines)
@@ -179,10 +178,7 @@ def write_curve(directory: Path, tree: SearchTree) -> None:
 
     data = curve(tree)
     (directory / "speedup.json").write_text(json.dumps(asdict(data)))
-    try:
-        (directory / "speedup.svg").write_text(curve_svg(data))
-    except ImportError:  # no matplotlib (a bare GPU image): the data is still there
-        pass
+    (directory / "speedup.svg").write_text(curve_svg(data))
 
 
 def _tail(text: str, limit: int) -> str:
