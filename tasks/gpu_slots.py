@@ -5,12 +5,12 @@ host they come from. The harness pins each worker to one GPU with CUDA_VISIBLE_D
 from __future__ import annotations
 
 import os
-import re
 import threading
 from contextlib import contextmanager, nullcontext
 from typing import Any, ContextManager, Iterator
 
 from kevolve.errors import GPUBusy
+from kevolve.hardware.calibrate import slug
 
 SLOTS_PER_GPU = int(os.environ.get("KEVOLVE_GPU_SLOTS", "1"))
 WAIT_S = float(os.environ.get("KEVOLVE_GPU_WAIT_S", "900"))  # then GPUBusy: the task is retried
@@ -20,7 +20,7 @@ _lock = threading.Lock()
 
 
 def limit_name(gpu: str) -> str:
-    return "gpu-" + re.sub(r"[^a-z0-9-]+", "-", gpu.lower())
+    return "gpu-" + slug(gpu)
 
 
 def gpu_slot(gpu: str | None) -> ContextManager[Any]:
