@@ -95,3 +95,4 @@ def test_the_harness_holds_the_timing_guard_around_each_timing_and_keys_its_verd
 
     recipe = EvaluatorRecipe(str(spec.path), target.name, workers=1, baselines=False, timing_guard=gpu_slot)
     assert pickle.loads(pickle.dumps(recipe)) == recipe  # it travels to Dask workers
+    assert recipe.cache_key(honest) == key  # a verdict found on a Dask worker is found from threads too
