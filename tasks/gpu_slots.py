@@ -44,7 +44,7 @@ def _occupied(name: str) -> Iterator[None]:
         raise GPUBusy(f"{name} stayed busy for {WAIT_S:g} s (KEVOLVE_GPU_WAIT_S); another run is timing on it") from None
 
 
-def ensure_limit(name: str, slots: int = SLOTS_PER_GPU) -> None:
+def ensure_limit(name: str) -> None:
     """Create the GPU's limit once per process (an existing one keeps the slots it has)."""
     with _lock:
         if name in _created:
@@ -55,7 +55,7 @@ def ensure_limit(name: str, slots: int = SLOTS_PER_GPU) -> None:
 
         with get_client(sync_client=True) as client:
             try:
-                client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=name, limit=slots))
+                client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=name, limit=SLOTS_PER_GPU))
             except ObjectAlreadyExists:  # made by another process or host
                 pass
         _created.add(name)
