@@ -119,7 +119,7 @@ def run(mode: str, args, budget: int | None = None) -> dict[str, Any]:
     total = time.perf_counter() - start
     per_round = rounds.rounds()
     return {"mode": mode, "total_s": total, "rounds": per_round, "in_rounds_s": sum(r["wall_s"] for r in per_round),
-            "stages": {k: v for k, v in clock.calls.items()}, "summary": summary}
+            "stages": dict(clock.calls), "summary": summary}
 
 
 def time_baselines(args) -> str:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import base64
 import json
-import re
 from pathlib import Path
 from uuid import UUID
 
@@ -22,11 +21,12 @@ from prefect.artifacts import (
     create_markdown_artifact, create_progress_artifact, create_table_artifact, update_progress_artifact,
 )
 
+from kevolve.hardware.calibrate import slug
 from kevolve.search.progress import Event
 
 
 def artifact_key(spec_name: str, target: str, what: str) -> str:
-    return re.sub(r"[^a-z0-9-]+", "-", f"tune-{spec_name}-{target}".lower())[:80].strip("-") + f"-{what}"
+    return slug(f"tune-{spec_name}-{target}")[:80].strip("-") + f"-{what}"
 
 
 class ProgressArtifact:

@@ -6,13 +6,13 @@ spec: status, evaluations, best speedup, run id) is an artifact under `tune-suit
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 from prefect import flow
 from prefect.artifacts import create_table_artifact
 
 from flows.tune_operator import tune_operator
+from kevolve.hardware.calibrate import slug
 from kevolve.search.launch import target_name
 
 
@@ -48,6 +48,6 @@ def tune_suite(specs: list[str] | None = None, target: str | None = None, llm: s
             row["error"] = (state.message or "")[:300]
         rows.append(row)
     where = target_name(target)
-    create_table_artifact(table=rows, key=re.sub(r"[^a-z0-9-]+", "-", f"tune-suite-{where}".lower()),
+    create_table_artifact(table=rows, key=f"tune-suite-{slug(where)}",
                           description=f"the nightly suite on {where}: one row per spec")
     return rows

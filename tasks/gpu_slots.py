@@ -5,12 +5,12 @@ host they come from. The harness pins each worker to one GPU with CUDA_VISIBLE_D
 from __future__ import annotations
 
 import os
-import re
 import threading
 from contextlib import contextmanager, nullcontext
 from typing import Any, ContextManager, Iterator
 
 from kevolve.errors import GPUBusy
+from kevolve.hardware.calibrate import slug
 
 SLOTS_PER_GPU = int(os.environ.get("KEVOLVE_GPU_SLOTS", "1"))
 WAIT_S = float(os.environ.get("KEVOLVE_GPU_WAIT_S", "900"))  # then GPUBusy: the task is retried
@@ -20,7 +20,7 @@ _lock = threading.Lock()
 
 
 def limit_name(gpu: str) -> str:
-    return "gpu-" + re.sub(r"[^a-z0-9-]+", "-", gpu.lower())
+    return "gpu-" + slug(gpu)
 
 
 def gpu_slot(gpu: str | None) -> ContextManager[Any]:
@@ -44,7 +44,7 @@ def _occupied(name: str) -> Iterator[None]:
         raise GPUBusy(f"{name} stayed busy for {WAIT_S:g} s (KEVOLVE_GPU_WAIT_S); another run is timing on it") from None
 
 
-def ensure_limit(name: str, slots: int = SLOTS_PER_GPU) -> None:
+def ensure_limit(name: str) -> None:
     """Create the GPU's limit once per process (an existing one keeps the slots it has)."""
     with _lock:
         if name in _created:
@@ -55,7 +55,7 @@ def ensure_limit(name: str, slots: int = SLOTS_PER_GPU) -> None:
 
         with get_client(sync_client=True) as client:
             try:
-                client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=name, limit=slots))
+                client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=name, limit=SLOTS_PER_GPU))
             except ObjectAlreadyExists:  # made by another process or host
                 pass
         _created.add(name)

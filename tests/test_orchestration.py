@@ -17,7 +17,7 @@ import time
 import pytest
 
 from conftest import REPO, run_cli
-from prefectkit import prefect_server
+from prefectkit import free_port, prefect_server
 
 pytestmark = pytest.mark.slow
 
@@ -165,6 +165,10 @@ def test_deployments_the_model_registered_event_and_the_nightly_schedule(server,
 
     no_server = run_cli("model", "register", "LlamaConfig", env_overrides={"PREFECT_API_URL": ""})
     assert no_server.returncode == 1 and "set PREFECT_API_URL" in no_server.stderr and "Traceback" not in no_server.stderr
+    down = run_cli("model", "register", "LlamaConfig",
+                   env_overrides={"PREFECT_API_URL": f"http://127.0.0.1:{free_port()}/api"})
+    assert down.returncode == 1 and not down.stdout  # never "registered" for an event that went nowhere
+    assert down.stderr.strip().splitlines() == [down.stderr.strip()] and "no Prefect server answers" in down.stderr
 
 
 def test_evaluations_fan_out_over_a_local_dask_cluster(server):

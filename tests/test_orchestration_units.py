@@ -55,6 +55,15 @@ def test_artifact_keys_stay_the_same_for_an_operator_on_a_target():
 
     assert artifact_key("rmsnorm_bf16_M8192", "h100-sxm", "leaderboard") == "tune-rmsnorm-bf16-m8192-h100-sxm-leaderboard"
     assert artifact_key("x" * 200, "h100-sxm", "progress").endswith("-progress")
+    assert len(artifact_key("x" * 200, "h100-sxm", "progress")) == 80 + len("-progress")
+    # Prefect takes lowercase letters, digits and dashes only
+    assert artifact_key("Softmax (fp16)", "h100-sxm", "speedup") == "tune-softmax-fp16-h100-sxm-speedup"
+
+
+def test_gpu_limit_names_are_made_of_what_prefect_takes():
+    from tasks.gpu_slots import limit_name
+
+    assert limit_name("GPU-Host.local-0") == "gpu-gpu-host-local-0"
 
 
 def test_the_harness_holds_the_timing_guard_around_each_timing_and_keys_its_verdicts():
@@ -86,3 +95,4 @@ def test_the_harness_holds_the_timing_guard_around_each_timing_and_keys_its_verd
 
     recipe = EvaluatorRecipe(str(spec.path), target.name, workers=1, baselines=False, timing_guard=gpu_slot)
     assert pickle.loads(pickle.dumps(recipe)) == recipe  # it travels to Dask workers
+    assert recipe.cache_key(honest) == key  # a verdict found on a Dask worker is found from threads too

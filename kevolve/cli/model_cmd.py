@@ -134,6 +134,7 @@ def register_cmd(args) -> int:
 
     if importlib.util.find_spec("prefect") is None:
         raise KevolveError("`kevolve model register` tells a Prefect server: pip install 'prefect==3.8.8'")
+    from prefect.client.orchestration import get_client
     from prefect.events import emit_event
     from prefect.events.worker import EventsWorker
     from prefect.settings import PREFECT_API_URL
@@ -141,6 +142,12 @@ def register_cmd(args) -> int:
     if not PREFECT_API_URL.value():
         raise KevolveError("no Prefect server to tell: set PREFECT_API_URL (for example "
                            "http://127.0.0.1:4200/api; `make ui` starts a server there)")
+    # The event is sent in the background: a server that is down would lose it after we said it went.
+    with get_client(sync_client=True) as client:
+        unreachable = client.api_healthcheck()
+    if unreachable is not None:
+        raise KevolveError(f"no Prefect server answers at PREFECT_API_URL={PREFECT_API_URL.value()} ({unreachable}); "
+                           "start one (`make ui`) or point PREFECT_API_URL at yours")
     config = str(Path(args.config).resolve()) if Path(args.config).exists() else args.config
     name = re.sub(r"[^A-Za-z0-9_.-]+", "-", Path(config.split(":")[0]).stem or config)
     event = emit_event(MODEL_REGISTERED, resource={"prefect.resource.id": f"kevolve.model.{name}",

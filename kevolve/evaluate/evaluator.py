@@ -10,6 +10,7 @@ roofline. Baselines (eager, torch.compile default and max-autotune) are timed on
 from __future__ import annotations
 
 import contextvars
+import functools
 import hashlib
 import json
 import os
@@ -75,6 +76,7 @@ class Evaluator:
         self._baselines: Baselines | None = None
         self._baselines_lock = threading.Lock()
         self._ceilings: Ceilings | None = None
+        self._judge: str | None = None  # judge_digest, made on the first cache_key
 
     # Public API -------------------------------------------------------------------------------
     def evaluate(self, candidates: Sequence[Candidate]) -> list[Evaluation]:
@@ -112,9 +114,11 @@ class Evaluator:
     def cache_key(self, candidate: Candidate) -> str:
         """What decides this candidate's evaluation: its code, the spec (file and reference), the
         target, the judge's settings and the harness's own source. Same key, same verdict."""
-        return evaluation_key(self.spec, self.target.name, candidate,
-                              f"timeout={self.timeout_s} baselines={self.with_baselines} "
-                              f"autotune={self.max_autotune} trials={self.timing_trials}")
+        if self._judge is None:  # once: the workers keep the spec as it was first loaded, too
+            self._judge = judge_digest(self.spec, self.target.name,
+                                       f"timeout={self.timeout_s} baselines={self.with_baselines} "
+                                       f"autotune={self.max_autotune} trials={self.timing_trials}")
+        return hashlib.sha256(f"{self._judge}\0{candidate.code_hash}".encode()).hexdigest()[:32]
 
     def close(self) -> None:
         if self._own_pool:
@@ -280,24 +284,22 @@ class Evaluator:
                           outcome=outcome, checks=tuple(checks), **kw)
 
 
-def evaluation_key(spec: OperatorSpec, target: str, candidate: Candidate, judge: str) -> str:
+def judge_digest(spec: OperatorSpec, target: str, settings: str) -> str:
+    """What decides every verdict of one evaluator, whatever the candidate: the spec (file and
+    reference), the target, the judge's settings and the harness's own source."""
     digest = hashlib.sha256()
-    for part in (candidate.code_hash, target, judge, spec.path.read_bytes(), spec.reference_source(), _harness_hash()):
+    for part in (target, settings, spec.path.read_bytes(), spec.reference_source(), _harness_hash()):
         digest.update(part.encode() if isinstance(part, str) else part)
         digest.update(b"\0")
-    return digest.hexdigest()[:32]
+    return digest.hexdigest()
 
 
-_HARNESS_HASH: list[str] = []
-
-
+@functools.cache
 def _harness_hash() -> str:
-    if not _HARNESS_HASH:
-        digest = hashlib.sha256()
-        for path in sorted(HARNESS.glob("*.py")):
-            digest.update(path.read_bytes())
-        _HARNESS_HASH.append(digest.hexdigest())
-    return _HARNESS_HASH[0]
+    digest = hashlib.sha256()
+    for path in sorted(HARNESS.glob("*.py")):
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
 
 
 def save_evaluation(directory: Path, candidate: Candidate, evaluation: Evaluation) -> Path:
