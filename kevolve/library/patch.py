@@ -14,7 +14,7 @@ inside torch.compile's graph: no graph breaks. `PatchReport.undo()` restores the
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Callable
 
 import torch
 from torch import nn
