@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Wheels for the GPU machine, which has torch and triton but not prefect, openai or chromadb and
 # cannot reach a package index. Downloads the Python 3.12 x86-64 wheels of what the engine needs
-# beyond that image into .whl/ (ignored by git), leaving out what the image already has.
+# beyond that image, with all their dependencies, into .whl/ (ignored by git).
 # Usage: bench/make_wheelhouse.sh [--chroma]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -12,11 +12,9 @@ rm -rf .whl && mkdir -p .whl
 $PY -m pip download -q --only-binary=:all: --python-version 3.12 --implementation cp \
   --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64 \
   --platform manylinux2014_x86_64 --platform manylinux1_x86_64 --platform any -d .whl "${reqs[@]}" 2>&1 | grep -v WARNING || true
-# On the GPU image already (its package list in the device notes), or unused here. Names are
-# compared whole: jinja2 is there, jinja2-humanize-extension is not.
-skip=" anyio attrs certifi charset-normalizer click cloudpickle filelock fsspec h11 httpcore httpx humanize idna jinja2 markdown-it-py markupsafe mdurl numpy packaging pathspec prometheus-client protobuf pygments python-dateutil pyyaml requests rich shellingham six sympy tqdm typer typing-extensions urllib3 uvloop zipp grpcio onnxruntime tokenizers huggingface-hub hf-xet flatbuffers mpmath kubernetes frozenlist multidict yarl propcache aiosignal aiohttp aiohappyeyeballs psutil setuptools build pyproject-hooks wrapt regex tabulate networkx pillow "
-for f in .whl/*.whl; do
-  name=$(basename "$f" | cut -d- -f1 | tr 'A-Z_.' 'a-z--')
-  case "$skip" in *" $name "*) rm "$f";; esac
-done
+# Everything prefect needs travels, even what the image already has: the image's versions are
+# older than prefect accepts (anyio, click), and there is no index there to resolve against.
+# Install there with: pip install --no-index --no-deps --target /tmp/site .whl/*.whl
+# and PYTHONPATH=/tmp/site. numpy stays the image's, which torch was built against.
+rm -f .whl/numpy-*.whl
 du -sh .whl; ls .whl | wc -l

@@ -65,28 +65,28 @@ def test_a_gpu_without_measured_ceilings_is_calibrated_before_a_run(monkeypatch)
     calibration = importlib.import_module("kevolve.hardware.calibrate")
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "NVIDIA H200")
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "NVIDIA A100-SXM4-80GB")
     measured = []
 
     def fake_calibrate(target, quick=False):  # the GPU's measurement, recorded where calibrate keeps it
         measured.append(target.name)
-        c = calibration.Ceilings(copy_gbps=4246.0, matmul_tflops={"bf16": 790.0, "fp32": 60.0}, source="measured",
-                                 device_name="NVIDIA H200")
-        path = calibration.cache_path("NVIDIA H200")
+        c = calibration.Ceilings(copy_gbps=1700.0, matmul_tflops={"bf16": 250.0, "fp32": 19.0}, source="measured",
+                                 device_name="NVIDIA A100-SXM4-80GB")
+        path = calibration.cache_path("NVIDIA A100-SXM4-80GB")
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(calibration.asdict(c)))
         return c
 
     monkeypatch.setattr(calibration, "calibrate", fake_calibrate)
-    h200, h100 = load_target("h200"), load_target("h100-sxm")
+    a100, h100 = load_target("a100"), load_target("h100-sxm")
     assert calibration.uncalibrated_gpu(h100) is None  # committed figures
-    assert calibration.uncalibrated_gpu(h200) == "NVIDIA H200"
-    plan = plan_run("softmax", target="h200", offline=True)
-    assert measured == ["h200"] and any("calibrated NVIDIA H200" in n for n in plan.notes)
-    assert load_ceilings(h200, "NVIDIA H200").copy_gbps == 4246.0
-    assert calibration.uncalibrated_gpu(h200) is None
-    plan_run("softmax", target="h200", offline=True)
-    assert measured == ["h200"]  # cached: once per device
+    assert calibration.uncalibrated_gpu(a100) == "NVIDIA A100-SXM4-80GB"
+    plan = plan_run("softmax", target="a100", offline=True)
+    assert measured == ["a100"] and any("calibrated NVIDIA A100-SXM4-80GB" in n for n in plan.notes)
+    assert load_ceilings(a100, "NVIDIA A100-SXM4-80GB").copy_gbps == 1700.0
+    assert calibration.uncalibrated_gpu(a100) is None
+    plan_run("softmax", target="a100", offline=True)
+    assert measured == ["a100"]  # cached: once per device
 
 
 def test_cli_lists_and_shows():

@@ -141,6 +141,16 @@ def test_jagged_offsets_are_valid():
         assert bool((offsets[1:] >= offsets[:-1]).all())
 
 
+def test_jagged_offsets_have_no_giant_segment():
+    # many segments each drop a fraction of a row when their length is floored; those rows
+    # must be spread out, or one segment of thousands of rows sets every kernel's time
+    spec = load_spec(REPO / "specs" / "jagged_segment_sum.yaml")
+    _, offsets = OperatorRuntime(spec).inputs({"L": 655360, "D": 1, "B": 16384}, seed=0)
+    lengths = offsets[1:] - offsets[:-1]
+    assert int(offsets[-1]) == 655360
+    assert int(lengths.max()) < 4 * 655360 // 16384
+
+
 def test_compare_rejects_zeros_that_a_loose_atol_would_pass():
     ref = torch.softmax(torch.randn(64, 16384, dtype=torch.float64) * 0.1, -1)  # every value < atol
     verdict = compare(torch.zeros_like(ref), ref, Tolerance.for_dtype("bfloat16"))

@@ -66,6 +66,11 @@ def _jagged_offsets(shape: tuple[int, ...], total: int, gen: torch.Generator) ->
     weights[torch.rand(segments, generator=gen) < 0.1] = 0.0
     if float(weights.sum()) == 0.0:
         weights[0] = 1.0
-    lengths = torch.floor(weights / weights.sum() * total).to(torch.int64)
-    lengths[int(torch.argmax(weights))] += total - int(lengths.sum())
+    share = weights / weights.sum() * total
+    lengths = torch.floor(share).to(torch.int64)
+    # What flooring dropped goes one row each to the largest fractions (never to an empty
+    # segment): piled on one segment it made a bag of thousands of rows, whose single program
+    # then set the time of every per-bag kernel.
+    short = max(0, total - int(lengths.sum()))
+    lengths[torch.argsort(share - lengths, descending=True)[:short]] += 1
     return torch.cat([torch.zeros(1, dtype=torch.int64), torch.cumsum(lengths, 0)])
