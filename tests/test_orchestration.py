@@ -25,11 +25,15 @@ SEARCH = {"budget": 3, "seeds": 2, "children_per_expansion": 1, "expansions_per_
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
+def server_home(tmp_path_factory):
+    return tmp_path_factory.mktemp("prefect-home")
+
+
+@pytest.fixture(scope="module")
+def server(server_home):
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    home = tmp_path_factory.mktemp("prefect-home")
-    with prefect_server(home) as url:
+    with prefect_server(server_home) as url:
         before = os.environ.get("PREFECT_API_URL")
         os.environ["PREFECT_API_URL"] = url  # subprocesses and Dask workers reach it too
         try:
@@ -104,11 +108,36 @@ def test_tune_operator_runs_every_stage_as_a_task_and_publishes_its_artifacts(se
     assert "data:image/svg+xml;base64," in plot and plot.count("\n| ") == summary["evaluations"] + 1
 
 
-def test_gpu_slots_keep_two_timings_off_one_gpu(server):
+def slot_requests(monkeypatch) -> list[tuple[float, int]]:
+    """(when, status) of each request for a GPU slot this process makes, from now on."""
+    import httpx
+
+    asked: list[tuple[float, int]] = []
+
+    def record(request, response):
+        if request.url.path.endswith("/concurrency_limits/increment-with-lease"):
+            asked.append((time.monotonic(), response.status_code))
+        return response
+
+    sync_send, async_send = httpx.Client.send, httpx.AsyncClient.send
+
+    def send(self, request, *args, **kwargs):
+        return record(request, sync_send(self, request, *args, **kwargs))
+
+    async def asend(self, request, *args, **kwargs):
+        return record(request, await async_send(self, request, *args, **kwargs))
+
+    monkeypatch.setattr(httpx.Client, "send", send)  # the client of either kind
+    monkeypatch.setattr(httpx.AsyncClient, "send", asend)
+    return asked
+
+
+def test_gpu_slots_keep_two_timings_off_one_gpu(server, monkeypatch):
     from prefect.client.orchestration import get_client
 
     from tasks.gpu_slots import gpu_slot, limit_name
 
+    asked = slot_requests(monkeypatch)
     held: list[tuple[str, float, float]] = []
 
     def time_on(gpu: str, who: str) -> None:
@@ -129,9 +158,46 @@ def test_gpu_slots_keep_two_timings_off_one_gpu(server):
     assert len(on3) == 2 and on3[0][1] <= on3[1][0]  # one after the other
     on4 = next((s, e) for name, s, e in held if name.startswith("testhost-4"))
     assert on4[0] < on3[0][1]  # another GPU is not held up
+    # Threads of one process queue here: the server never turns one away (423, then a wait of
+    # its Retry-After) while another thread of the same process holds the slot.
+    statuses = [status for _, status in asked]
+    assert statuses.count(200) == 3 and 423 not in statuses, statuses
     with get_client(sync_client=True) as client:
         assert client.read_global_concurrency_limit_by_name(limit_name("testhost-3")).limit == 1
     assert gpu_slot(None).__enter__() is None  # the CPU holds nothing
+
+
+def test_a_gpu_slot_is_asked_for_again_soon_when_the_server_database_is_busy(server, server_home, monkeypatch):
+    """A local server (SQLite) answers 503 when another write holds its database; Prefect's
+    client would ask again only after about 2 s, a stall on every timing that meets one."""
+    import sqlite3
+
+    from tasks.gpu_slots import ensure_limit, gpu_slot, limit_name
+
+    ensure_limit(limit_name("testhost-5"))
+    asked = slot_requests(monkeypatch)
+    database = sqlite3.connect(server_home / "prefect.db", isolation_level=None, check_same_thread=False)
+    database.execute("BEGIN IMMEDIATE")  # another writer holds the database
+
+    def commit_after_a_refusal():
+        deadline = time.monotonic() + 30
+        while not asked and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(0.3)  # while the slot is asked for again
+        database.execute("COMMIT")
+
+    writer = threading.Thread(target=commit_after_a_refusal)
+    writer.start()
+    try:
+        with gpu_slot("testhost-5"):
+            pass
+    finally:
+        writer.join()
+        database.close()
+    statuses = [status for _, status in asked]
+    assert statuses[0] == 503 and statuses[-1] == 200 and set(statuses) == {503, 200}, statuses
+    waits = [later - earlier for (earlier, _), (later, _) in zip(asked, asked[1:])]
+    assert max(waits) < 1.0, waits  # asked again within RETRY_AFTER_S (0.05 s) and a round trip
 
 
 def test_deployments_the_model_registered_event_and_the_nightly_schedule(server, tmp_path):
