@@ -276,8 +276,8 @@ def test_cross_entropy_rows_of_odd_length_from_any_address_and_with_masked_class
     target = torch.randint(0, v, (m,), generator=torch.Generator().manual_seed(5))
     target[2] = 1  # a class with a finite logit in the row with masked classes
     candidates = seeds(spec, n=6)
-    assert {(c.origin.config["lse"], c.origin.config["aligned"]) for c in candidates} >= {("one_exp", True),
-                                                                                          ("rescale", False)}
+    assert {(c.origin.config["lse"], c.origin.config["aligned"]) for c in candidates} >= {
+        ("grouped", True), ("one_exp", True), ("rescale", False)}
     for candidate in candidates:
         fn = getattr(load_module(candidate.code), spec.entry_point)
         for logits in (shifted, shifted.clone()):
@@ -300,18 +300,30 @@ def test_every_jagged_seed_is_correct_with_empty_and_long_segments(name):
         assert problems(spec, candidate.code, shapes=shapes, seeds=(1,)) == [], candidate.origin.config
 
 
-def test_split_search_bucketize_with_ties_and_more_pieces_than_boundaries():
-    """Values equal to boundaries, repeated boundaries, infinities and more pieces than boundaries:
-    the split search lands where torch.bucketize does."""
+def test_bucketize_searches_with_ties_infinities_nan_and_odd_boundaries():
+    """Values equal to boundaries, repeated boundaries, infinities, NaN (past every boundary, as in
+    PyTorch), more pieces or cells than boundaries, a single boundary, a point range, infinite
+    boundaries and more boundaries than a packed table entry holds: every search lands where
+    torch.bucketize does."""
     import torch
 
     from kevolve.synth.offline import render
     from offline_support import load_module
 
     spec = load_spec(REPO / "specs" / "bucketize.yaml")
-    boundaries = torch.tensor([-2.0, -1.0, -1.0, 0.0, 0.5, 0.5, 0.5, 1.0, 3.0])
-    x = torch.cat([boundaries, torch.linspace(-3, 4, 301), torch.tensor([float("inf"), -float("inf")])])
-    for splits in (4, 8, 64):
-        config = dict(seeds(spec)[0].origin.config, search="split", SPLITS=splits, BLOCK=64)
+    ties = torch.tensor([-2.0, -1.0, -1.0, 0.0, 0.5, 0.5, 0.5, 1.0, 3.0])
+    x = torch.cat([ties, torch.linspace(-3, 4, 301), torch.tensor([float("inf"), -float("inf"), float("nan")])])
+    odd = [torch.tensor([1.0]), torch.tensor([1.0, 1.0, 1.0]), torch.tensor([-float("inf"), 0.0, float("inf")]),
+           torch.sort(torch.randn(1000, generator=torch.Generator().manual_seed(0)))[0]]
+    configs = [dict(search="split", SPLITS=s) for s in (4, 8, 64)] + [dict(search="binary"), dict(search="linear")]
+    configs += [dict(search="table", CELLS=c) for c in (64, 256)]
+    for change in configs:
+        config = dict(seeds(spec)[0].origin.config, BLOCK=64, **change)
         fn = getattr(load_module(render(spec, "bucketize", config)), spec.entry_point)
-        assert torch.equal(fn(x, boundaries), torch.bucketize(x, boundaries)), splits
+        for boundaries in [ties] + odd:
+            assert torch.equal(fn(x, boundaries), torch.bucketize(x, boundaries)), (change, len(boundaries))
+    many = torch.sort(torch.rand(70000, generator=torch.Generator().manual_seed(1)))[0]  # unpacked table
+    values = torch.cat([many[::997], torch.rand(200, generator=torch.Generator().manual_seed(2))])
+    fn = getattr(load_module(render(spec, "bucketize", dict(seeds(spec)[0].origin.config, BLOCK=64, search="table",
+                                                            CELLS=64))), spec.entry_point)
+    assert torch.equal(fn(values, many), torch.bucketize(values, many))

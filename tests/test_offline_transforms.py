@@ -36,11 +36,13 @@ TRANSFORMED = {
                          {"SPLIT_K": 4, "BLOCK_K": 16}, {"persistent": True, "programs_per_sm": 1, "GROUP_M": 4}],
     "cross_entropy": [{"BLOCK_N": 32, "BLOCK_M": 4}, {"persistent": True, "programs_per_sm": 1, "BLOCK_M": 2},
                       {"lse": "rescale", "aligned": False, "BLOCK_N": 16, "BLOCK_M": 2},
-                      {"BLOCK_N": 16, "BLOCK_M": 8, "lse": "one_exp", "aligned": True}],
+                      {"BLOCK_N": 16, "BLOCK_M": 8, "lse": "one_exp", "aligned": True},
+                      {"BLOCK_N": 64, "BLOCK_M": 2, "lse": "grouped", "GROUP": 16}],
     "embedding_bag_sum": [{"UNROLL": 1, "vec": 1}, {"BLOCK_D": 16, "UNROLL": 32, "vec": 8}],
     "jagged_segment_sum": [{"BLOCK_L": 1}, {"BLOCK_D": 32, "BLOCK_L": 64, "vec": 2}],
     "bucketize": [{"search": "binary", "BLOCK": 128}, {"search": "linear", "BLOCK_K": 8, "BLOCK": 64},
-                  {"search": "split", "SPLITS": 4, "BLOCK": 64}, {"search": "split", "SPLITS": 64, "BLOCK": 128}],
+                  {"search": "split", "SPLITS": 4, "BLOCK": 64}, {"search": "split", "SPLITS": 64, "BLOCK": 128},
+                  {"search": "table", "CELLS": 128, "BLOCK": 128}],
 }
 
 
