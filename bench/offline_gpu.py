@@ -186,6 +186,27 @@ def gather_ceiling(table, indices, bench, folder: Path) -> dict:
     return out
 
 
+def kernel_times(fn) -> dict[str, float]:
+    """Device microseconds of each kernel one call launches, medians over 20 calls: where a
+    candidate of several kernels (a table and a search, rows and a reduction) spends its time,
+    and what the gaps between them cost (best ms less their sum)."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    for _ in range(3):
+        fn()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(20):
+            fn()
+        torch.cuda.synchronize()
+    times: dict[str, list[float]] = {}
+    for event in prof.events():
+        if event.device_type == torch.autograd.DeviceType.CUDA:
+            times.setdefault(event.name, []).append(event.device_time)
+    return {name: round(statistics.median(ts), 2) for name, ts in times.items()}
+
+
 def load_candidate(code: str, folder: Path, index: int):
     path = folder / f"candidate_{index}.py"  # triton reads kernels' source from a real file
     path.write_text(code)
@@ -244,6 +265,12 @@ def bench_spec(spec, device: str, ceilings: dict, args) -> dict:
         rest = sum(t.numel() * t.element_size() for t in xs[1:]) + expected.numel() * expected.element_size()
         gather["floor_ms"] = gather["gather_ms"] + rest / (ceilings["copy_gbps"] * 1e9) * 1e3
         result["gather_ceiling"] = gather
+    if family == "bucketize":
+        # the same bytes with no search: torch's casting copy reads the fp32 values and writes int64
+        cast = torch.empty_like(expected)
+        stream_ms = bench(lambda: cast.copy_(xs[0]))
+        result["stream_ceiling"] = {"what": f"torch copy_ of {xs[0].dtype} values into {expected.dtype}",
+                                    "stream_ms": stream_ms, "gbps": nbytes / (stream_ms / 1e3) / 1e9}
     synth = OfflineSynthesizer(rng_seed=0)
     ceil = Ceilings(copy_gbps=ceilings["copy_gbps"], matmul_tflops={"bf16": ceilings["bf16_matmul_tflops"]},
                     source="measured")
@@ -310,6 +337,10 @@ def bench_spec(spec, device: str, ceilings: dict, args) -> dict:
 
     correct = [e for e in evaluated if e["outcome"] == "correct"]
     best = min(correct, key=lambda e: e["time_ms"]) if correct else None
+    if best and device == "cuda":
+        code = attempts[json.dumps(best["config"], sort_keys=True)].code
+        fn = runtime.candidate(load_candidate(code, folder, len(evaluated)), dims, device)
+        result["best_kernels_us"] = kernel_times(lambda: fn(*xs))
     base = result["baselines_ms"]
     result.update(
         evaluations=len(evaluated), correct=len(correct), gpu_s=round(time.perf_counter() - start, 1),
@@ -370,6 +401,21 @@ def write(out: Path, stem: str, run: dict) -> int:
             lines.append(f"| {s['spec']} | {g['row_bytes'] / 1e6:.1f} | {ms(g['index_select_ms'])} | "
                          f"{ms(g['gather_ms'])} | {g['gather_gbps']:.0f} | "
                          f"{100 * g['gather_gbps'] / c['copy_gbps']:.0f}% | {ms(g['floor_ms'])} |")
+    streams = [s for s in run["specs"] if s.get("stream_ceiling") and s.get("best_ms")]
+    if streams:
+        lines += ["", "## Stream ceiling (the spec's bytes moved by a plain casting copy, no search)", "",
+                  "| spec | what | ms | GB/s | % of copy BW | best ms | % of this ceiling |", "|---|---|---|---|---|---|---|"]
+        for s in streams:
+            t = s["stream_ceiling"]
+            lines.append(f"| {s['spec']} | {t['what']} | {ms(t['stream_ms'])} | {t['gbps']:.0f} | "
+                         f"{100 * t['gbps'] / c['copy_gbps']:.0f}% | {ms(s['best_ms'])} | "
+                         f"{100 * t['stream_ms'] / s['best_ms']:.0f}% |")
+    split = [s for s in run["specs"] if s.get("best_kernels_us")]
+    if split:
+        lines += ["", "## Kernels of each best candidate (device us per call, medians; profiler)", "",
+                  "| spec | best ms | kernels |", "|---|---|---|"]
+        lines += [f"| {s['spec']} | {ms(s['best_ms'])} | "
+                  + ", ".join(f"{k} {v:.1f}" for k, v in s["best_kernels_us"].items()) + " |" for s in split]
     failing = [s for s in run["specs"] if s.get("failures")]
     if failing:
         lines += ["", "## Candidates that failed (first few per spec)", ""]
