@@ -156,8 +156,8 @@ def _bucketize_kernel(x_ptr, b_ptr, cells_ptr, scale_ptr, out_ptr, N, K, STEPS,
         return module_source(spec, entry, "bucketize", config, kernels, lines)
 
 
-# Halve [lo, hi) while any lane's range is open; `STEPS` halvings empty the widest range.
-_HALVING = """    for _ in range(STEPS):
+# Halve [lo, hi) while any lane's range is open; `{steps}` halvings empty the widest range.
+_HALVING = """    for _ in range({steps}):
         mid = (lo + hi) // 2
         active = lo < hi
         b = tl.load(b_ptr + mid, mask=active & mask, other=0.0)
@@ -169,7 +169,7 @@ _HALVING = """    for _ in range(STEPS):
 _SEARCHES = {
     "binary": """    lo = tl.zeros([BLOCK], tl.int32)
     hi = tl.zeros([BLOCK], tl.int32) + K
-""" + _HALVING,
+""" + _HALVING.replace("{steps}", "STEPS"),
     # The top of the search without gathers: every value compares against the same SPLITS - 1
     # boundaries, loaded once per program; the gathers that remain are fewer.
     "split": """    count = tl.zeros([BLOCK], tl.int32)
@@ -177,7 +177,7 @@ _SEARCHES = {
         count += ((x {ncmp} tl.load(b_ptr + (j * K) // SPLITS)) == 0).to(tl.int32)
     lo = tl.where(count > 0, (count * K) // SPLITS + 1, 0)
     hi = tl.where(count < SPLITS - 1, ((count + 1) * K) // SPLITS, K)
-""" + _HALVING,
+""" + _HALVING.replace("{steps}", "STEPS"),
     "linear": """    result = tl.zeros([BLOCK], tl.int32)
     for k0 in range(0, K, BLOCK_K):
         ks = k0 + tl.arange(0, BLOCK_K)
@@ -204,14 +204,8 @@ _SEARCHES = {
     steps = 0
     for i in tl.static_range(0, 31):
         steps += ((widest >> i) > 0).to(tl.int32)
-    for _ in range(steps):
-        mid = (lo + hi) // 2
-        active = lo < hi
-        b = tl.load(b_ptr + mid, mask=active & mask, other=0.0)
-        below = (x {ncmp} b) == 0
-        lo = tl.where(active & below, mid + 1, lo)
-        hi = tl.where(active & (below == 0), mid, hi)
-    result = tl.where(x != x, K, lo)""",
+""" + _HALVING.replace("{steps}", "steps") + """
+    result = tl.where(x != x, K, result)""",
 }
 
 # For each of CELLS equal cells over [b[0], b[K-1]], the boundaries that fall in it: [first, last),
