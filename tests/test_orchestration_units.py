@@ -96,3 +96,46 @@ def test_the_harness_holds_the_timing_guard_around_each_timing_and_keys_its_verd
     recipe = EvaluatorRecipe(str(spec.path), target.name, workers=1, baselines=False, timing_guard=gpu_slot)
     assert pickle.loads(pickle.dumps(recipe)) == recipe  # it travels to Dask workers
     assert recipe.cache_key(honest) == key  # a verdict found on a Dask worker is found from threads too
+
+
+def test_a_gpu_slot_passes_from_timing_to_timing_then_goes_back(monkeypatch):
+    """No server: the lease calls recorded. A lease is handed to the next timing of the process
+    while it comes within LINGER_S and until HAND_OVER_S, and given back in the background."""
+    import uuid
+
+    import tasks.gpu_slots as slots
+
+    taken, given_back = [], []
+
+    class Client:
+        def release_concurrency_slots_with_lease(self, lease_id):
+            given_back.append(lease_id)
+
+    def lease(client, name, deadline):
+        taken.append(uuid.uuid4())
+        return taken[-1]
+
+    monkeypatch.setattr(slots, "_client", Client)
+    monkeypatch.setattr(slots, "_lease", lease)
+    monkeypatch.setattr(slots, "LINGER_S", 0.3)
+    for _ in range(3):
+        with slots.gpu_slot("unithost-0"):
+            pass
+    assert len(taken) == 1 and given_back == []  # one lease for the three timings, kept a while
+    slots.wait_for_releases()
+    assert given_back == taken  # unused for LINGER_S: back with the server
+
+    monkeypatch.setattr(slots, "LINGER_S", 30.0)
+    monkeypatch.setattr(slots, "HAND_OVER_S", 0.0)  # held long enough: given back at once, others get a turn
+    with slots.gpu_slot("unithost-0"):
+        pass
+    slots.wait_for_releases(timeout_s=5)
+    assert len(taken) == 2 and given_back == taken
+
+    monkeypatch.setattr(slots, "HAND_OVER_S", 10.0)
+    monkeypatch.setattr(slots, "LINGER_S", 0.0)  # a lease per timing
+    for _ in range(2):
+        with slots.gpu_slot("unithost-0"):
+            pass
+    slots.wait_for_releases()
+    assert len(taken) == 4 and given_back == taken
