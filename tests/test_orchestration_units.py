@@ -139,3 +139,26 @@ def test_a_gpu_slot_passes_from_timing_to_timing_then_goes_back(monkeypatch):
             pass
     slots.wait_for_releases()
     assert len(taken) == 4 and given_back == taken
+
+
+def test_the_overhead_bench_heads_with_the_rounds_both_modes_spent_on_the_same_candidates():
+    import runpy
+
+    from conftest import REPO
+
+    bench = runpy.run_path(str(REPO / "bench" / "prefect_overhead.py"))
+
+    def run(walls, work):
+        rounds = [{"wall_s": w, "evaluations": len(e), "evaluated": e, "remeasured": r}
+                  for w, (e, r) in zip(walls, work)]
+        return {"rounds": rounds, "stages": {}, "total_s": sum(walls) + 1, "in_rounds_s": sum(walls)}
+
+    same = [(["a", "b"], []), (["c"], ["c"]), (["d", "e"], []), (["f"], [])]
+    parted = [(["a", "b"], []), (["c"], ["c"]), (["d", "x"], []), (["f"], ["f"])]
+    c = bench["compare"](run([5.0, 1.0, 9.0, 1.0], same), run([4.0, 0.9, 3.0, 0.8], parted))
+    assert c["matched_rounds"] == [2]  # not the first, nor rounds that evaluated or re-measured others
+    assert c["share_matched_rounds"] == pytest.approx(0.1)
+    assert c["share_after_first_round"] == pytest.approx((11.0 - 4.7) / 11.0)
+    text = bench["markdown"]({"comparison": c, "spec": "softmax", "device": "gpu", "budget": 8, "policy": "mcts",
+                              "prefect_version": "3"})
+    assert "(rounds 2): **10.0%**" in text and "| 3 | 2/2 | no |" in text
