@@ -13,7 +13,10 @@ Everything shown is read from the run's outputs (kevolve.search.outputs), never 
 from __future__ import annotations
 
 import base64
+import contextvars
 import json
+import logging
+import threading
 from pathlib import Path
 from uuid import UUID
 
@@ -24,31 +27,70 @@ from prefect.artifacts import (
 from kevolve.hardware.calibrate import slug
 from kevolve.search.progress import Event
 
+FLUSH_S = 120.0  # leaving waits this long for the last figure (the client's own retries included)
+log = logging.getLogger(__name__)
+
 
 def artifact_key(spec_name: str, target: str, what: str) -> str:
     return slug(f"tune-{spec_name}-{target}")[:80].strip("-") + f"-{what}"
 
 
 class ProgressArtifact:
-    """A listener of the search's events (kevolve.search.progress) that moves the progress bar."""
+    """A listener of the search's events (kevolve.search.progress) that moves the progress bar.
+    The API calls run in a thread of their own and the latest figure wins: a call on every
+    evaluation would sit on the search's path (tens of ms each, and a minute of the client's
+    retries when a local server's database is busy). Enter it within the flow run (the artifact
+    belongs to that run); leaving it publishes the last figure."""
 
     def __init__(self, spec_name: str, target: str):
         self.key = artifact_key(spec_name, target, "progress")
         self.description = f"evaluations of {spec_name} on {target}, over the budget"
         self.artifact_id: UUID | None = None
-        self.percent = -1.0
+        self.published = -1.0
+        self._latest = -1.0
+        self._changed = threading.Condition()
+        self._closing = False
+        self._publisher: threading.Thread | None = None
+
+    def __enter__(self) -> "ProgressArtifact":
+        run_context = contextvars.copy_context()
+        self._publisher = threading.Thread(target=run_context.run, args=(self._publish,), name="progress-artifact",
+                                           daemon=True)
+        self._publisher.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        with self._changed:
+            self._closing = True
+            self._changed.notify()
+        if self._publisher is not None:
+            self._publisher.join(FLUSH_S)
 
     def on_event(self, event: Event) -> None:
         if event.kind not in ("start", "evaluated", "end") or not event.budget:
             return
         percent = 100.0 if event.kind == "end" else round(min(100.0, 100.0 * event.evaluations / event.budget), 1)
-        if percent == self.percent:
-            return
-        if self.artifact_id is None:
-            self.artifact_id = create_progress_artifact(percent, key=self.key, description=self.description)
-        else:
-            update_progress_artifact(self.artifact_id, percent)
-        self.percent = percent
+        with self._changed:
+            if percent != self._latest:
+                self._latest = percent
+                self._changed.notify()
+
+    def _publish(self) -> None:
+        while True:
+            with self._changed:
+                while self._latest == self.published and not self._closing:
+                    self._changed.wait()
+                if self._latest == self.published:
+                    return
+                percent = self._latest
+            try:
+                if self.artifact_id is None:
+                    self.artifact_id = create_progress_artifact(percent, key=self.key, description=self.description)
+                else:
+                    update_progress_artifact(self.artifact_id, percent)
+            except Exception as exc:  # a progress bar is never worth the run
+                log.warning("could not publish progress %s%% to %s: %s", percent, self.key, exc)
+            self.published = percent
 
 
 def publish_outputs(summary: dict) -> dict[str, str]:

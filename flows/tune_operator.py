@@ -105,7 +105,7 @@ def _tune_operator(spec: str | None = None, target: str | None = None, llm: str 
 
     plan = plan_run(spec, target=target, llm=llm, offline=offline, run_name=run_name, resume=resume,
                     search=search, knowledge=knowledge, options=options)
-    with listening(ProgressArtifact(plan.spec_name, plan.target).on_event):
+    with ProgressArtifact(plan.spec_name, plan.target) as progress, listening(progress.on_event):
         summary = tune(plan, task_stages, timing_guard=gpu_slot).to_dict()
     publish_outputs(summary)
     return summary

@@ -17,18 +17,12 @@ from kevolve.search.tree import Node
 from tasks.retry import infrastructure_failure
 
 
-def _run_name() -> str:
-    from prefect.runtime import task_run
-
-    return f"evaluate-{task_run.parameters['candidate'].code_hash}"
-
-
 def _verdict_key(context: Any, inputs: dict[str, Any]) -> str | None:
     key = getattr(inputs["evaluator"], "cache_key", None)  # None: an evaluator that cannot say
     return key(inputs["candidate"]) if key is not None else None
 
 
-evaluate_task = task(stages.evaluate, name="evaluate", task_run_name=_run_name,
+evaluate_task = task(stages.evaluate, name="evaluate", task_run_name="evaluate-{candidate.code_hash}",
                      cache_policy=CachePolicy.from_cache_key_fn(_verdict_key), persist_result=True,
                      retry_condition_fn=infrastructure_failure)
 remeasure_task = task(stages.remeasure, name="remeasure", cache_policy=NO_CACHE,

@@ -8,7 +8,19 @@ an acquisition 503 when another write holds its database (the acquisition reads,
 and Prefect's client waits about 2 s before asking again (here: RETRY_AFTER_S); concurrency()
 also spends tens of ms of every timing on events and its queue service. Threads of one process
 queue for a GPU here first, so the server is asked only when this process is next and no thread
-waits out a Retry-After for a slot its own process is about to release."""
+waits out a Retry-After for a slot its own process is about to release.
+
+Timings on one GPU run one after another, so each call to the server lies on a search's
+critical path (on two CPU cores: 10-25 ms a call, and about 100 ms for the first timing of a
+round, which meets the database busy writing the round's new task runs). So a lease given
+up is kept for this process's next timing on that GPU, the next candidate of the round (within
+ms) or of the next round (within a second or two), and given back in the background once unused
+for LINGER_S, or at the end of a timing once held HAND_OVER_S, so that other runs and hosts get
+a turn. A search alone on its GPU thus asks the server about once every HAND_OVER_S, never on a
+timing's way out. The price: another run waiting for that GPU waits until this one pauses for
+LINGER_S or reaches HAND_OVER_S, and Prefect then asks it to retry after about the time a lease
+was held; where several runs share GPUs and should interleave finely, set KEVOLVE_GPU_LINGER_S=0
+(a lease per timing, given back in the background at once)."""
 
 from __future__ import annotations
 
@@ -17,7 +29,7 @@ import os
 import threading
 import time
 from contextlib import contextmanager, nullcontext
-from typing import Any, ContextManager, Iterator
+from typing import Any, Callable, ContextManager, Iterator
 from uuid import UUID
 
 from kevolve.errors import GPUBusy
@@ -25,13 +37,18 @@ from kevolve.hardware.calibrate import slug
 
 SLOTS_PER_GPU = int(os.environ.get("KEVOLVE_GPU_SLOTS", "1"))
 WAIT_S = float(os.environ.get("KEVOLVE_GPU_WAIT_S", "900"))  # then GPUBusy: the task is retried
-LEASE_S = 300.0  # renewed halfway while held; the slot of a process that dies frees itself then
+# Renewed halfway while held; the slot of a process that dies frees itself then, on a `prefect
+# server start` (Prefect's temporary server does not reclaim expired leases).
+LEASE_S = 300.0
 RETRY_AFTER_S = "0.05"  # after a 503: the server's database was busy with another write
+LINGER_S = float(os.environ.get("KEVOLVE_GPU_LINGER_S", "2"))  # kept unused this long for the next timing
+HAND_OVER_S = 10.0  # a lease passes between this process's timings this long, then others get a turn
 
 _lock = threading.Lock()
 _clients: dict[str | None, Any] = {}  # by API URL
 _created: set[tuple[str | None, str]] = set()  # (API URL, limit)
-_queues: dict[str, threading.Semaphore] = {}  # by limit: this process's threads take turns
+_gpus: dict[str, "_Gpu"] = {}  # by limit
+_pending: set[threading.Thread] = set()  # leases on their way back to the server
 
 
 def limit_name(gpu: str) -> str:
@@ -43,24 +60,132 @@ def gpu_slot(gpu: str | None) -> ContextManager[Any]:
     return nullcontext() if gpu is None else _occupied(limit_name(gpu))
 
 
+class _Lease:
+    """A slot taken from the server, renewed in the background until it is given back."""
+
+    def __init__(self, client: Any, lease_id: UUID):
+        self.client, self.id = client, lease_id
+        self.taken = time.monotonic()
+        self.put_backs = 0
+        self.done = threading.Event()
+        threading.Thread(target=self._renew, name=f"renew-{lease_id}", daemon=True).start()
+
+    def _renew(self) -> None:
+        while not self.done.wait(LEASE_S / 2):
+            try:
+                self.client.renew_concurrency_lease(self.id, LEASE_S)
+            except Exception as exc:
+                if not self.done.is_set():
+                    logging.getLogger(__name__).warning("could not renew the GPU slot's lease %s: %s", self.id, exc)
+                return
+
+    def give_back(self) -> None:
+        self.done.set()
+        self.client.release_concurrency_slots_with_lease(self.id)
+
+
+class _Gpu:
+    """This process's side of one GPU's limit: its threads take turns here, and a lease one of
+    them gave up stays for the next (up to LINGER_S) before it goes back to the server."""
+
+    def __init__(self, name: str):
+        self.name = name
+        self.turns = threading.Semaphore(SLOTS_PER_GPU)
+        self.idle: list[_Lease] = []  # held from the server, between two timings of this process
+
+    def take(self, deadline: float) -> _Lease:
+        if not self.turns.acquire(timeout=max(0.0, deadline - time.monotonic())):
+            raise _busy(self.name)
+        try:
+            with _lock:
+                if self.idle:
+                    return self.idle.pop()
+            client = _client()
+            return _Lease(client, _lease(client, self.name, deadline))
+        except BaseException:
+            self.turns.release()
+            raise
+
+    def put_back(self, lease: _Lease) -> None:
+        if LINGER_S <= 0 or time.monotonic() - lease.taken >= HAND_OVER_S:  # others get a turn
+            _in_background(self._give_back, lease)
+            return
+        with _lock:
+            lease.put_backs += 1
+            self.idle.append(lease)
+            put_back = lease.put_backs
+        self.turns.release()
+        _in_background(self._expire, lease, put_back, after_s=LINGER_S)
+
+    def _expire(self, lease: _Lease, put_back: int) -> None:
+        with _lock:  # taken by a timing since, or put back again (that put-back's timer decides)
+            if lease not in self.idle or lease.put_backs != put_back:
+                return
+        if not self.turns.acquire(blocking=False):  # a thread of this process is about to take it
+            _in_background(self._expire, lease, put_back, after_s=LINGER_S)
+            return
+        with _lock:
+            idle = lease in self.idle
+            if idle:
+                self.idle.remove(lease)
+        if idle:
+            self._give_back(lease)
+        else:
+            self.turns.release()
+
+    def _give_back(self, lease: _Lease) -> None:
+        """Holding a turn, so that no thread of this process meets its own lease on the server;
+        asking again while the server is busy (off the search's path, there is time)."""
+        deadline = time.monotonic() + LEASE_S / 2
+        try:
+            while True:
+                try:
+                    return lease.give_back()
+                except Exception as exc:
+                    if time.monotonic() > deadline:  # it expires after LEASE_S (see there)
+                        logging.getLogger(__name__).warning("could not release the GPU slot's lease %s: %s",
+                                                            lease.id, exc)
+                        return
+                time.sleep(1.0)
+        finally:
+            self.turns.release()
+
+
+def _in_background(fn: Callable[..., None], *args: Any, after_s: float = 0.0) -> None:
+    """In a non-daemon thread: the interpreter waits for it at exit, so no lease outlives the process."""
+    def run() -> None:
+        try:
+            fn(*args)
+        finally:
+            with _lock:
+                _pending.discard(thread)
+
+    thread = threading.Timer(after_s, run)
+    with _lock:
+        _pending.add(thread)
+    thread.start()
+
+
 @contextmanager
 def _occupied(name: str) -> Iterator[None]:
-    deadline = time.monotonic() + WAIT_S
-    queue = _queue(name)
-    if not queue.acquire(timeout=WAIT_S):
-        raise _busy(name)
+    gpu = _gpu(name)
+    lease = gpu.take(time.monotonic() + WAIT_S)
     try:
-        client = _client()
-        lease = _lease(client, name, deadline)
-        released = threading.Event()
-        threading.Thread(target=_renew, args=(client, lease, released), name=f"renew-{name}", daemon=True).start()
-        try:
-            yield
-        finally:
-            released.set()
-            client.release_concurrency_slots_with_lease(lease)
+        yield
     finally:
-        queue.release()
+        gpu.put_back(lease)
+
+
+def wait_for_releases(timeout_s: float = 30.0) -> None:
+    """Wait until the leases this process gave up are back with the server."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        with _lock:
+            pending = list(_pending)
+        if not pending:
+            return
+        for thread in pending:
+            thread.join(max(0.0, deadline - time.monotonic()))
 
 
 def _lease(client: Any, name: str, deadline: float) -> UUID:
@@ -89,16 +214,6 @@ def _lease(client: Any, name: str, deadline: float) -> UUID:
         time.sleep(min(wait, left))
 
 
-def _renew(client: Any, lease: UUID, released: threading.Event) -> None:
-    while not released.wait(LEASE_S / 2):
-        try:
-            client.renew_concurrency_lease(lease, LEASE_S)
-        except Exception as exc:
-            if not released.is_set():
-                logging.getLogger(__name__).warning("could not renew the GPU slot's lease %s: %s", lease, exc)
-            return
-
-
 def _busy(name: str) -> GPUBusy:
     return GPUBusy(f"{name} stayed busy for {WAIT_S:g} s (KEVOLVE_GPU_WAIT_S); another run is timing on it")
 
@@ -125,9 +240,9 @@ def _forget(name: str) -> None:
         _created.discard((_api_url(), name))
 
 
-def _queue(name: str) -> threading.Semaphore:
+def _gpu(name: str) -> _Gpu:
     with _lock:
-        return _queues.setdefault(name, threading.Semaphore(SLOTS_PER_GPU))
+        return _gpus.setdefault(name, _Gpu(name))
 
 
 def _client() -> Any:

@@ -96,3 +96,69 @@ def test_the_harness_holds_the_timing_guard_around_each_timing_and_keys_its_verd
     recipe = EvaluatorRecipe(str(spec.path), target.name, workers=1, baselines=False, timing_guard=gpu_slot)
     assert pickle.loads(pickle.dumps(recipe)) == recipe  # it travels to Dask workers
     assert recipe.cache_key(honest) == key  # a verdict found on a Dask worker is found from threads too
+
+
+def test_a_gpu_slot_passes_from_timing_to_timing_then_goes_back(monkeypatch):
+    """No server: the lease calls recorded. A lease is handed to the next timing of the process
+    while it comes within LINGER_S and until HAND_OVER_S, and given back in the background."""
+    import uuid
+
+    import tasks.gpu_slots as slots
+
+    taken, given_back = [], []
+
+    class Client:
+        def release_concurrency_slots_with_lease(self, lease_id):
+            given_back.append(lease_id)
+
+    def lease(client, name, deadline):
+        taken.append(uuid.uuid4())
+        return taken[-1]
+
+    monkeypatch.setattr(slots, "_client", Client)
+    monkeypatch.setattr(slots, "_lease", lease)
+    monkeypatch.setattr(slots, "LINGER_S", 0.3)
+    for _ in range(3):
+        with slots.gpu_slot("unithost-0"):
+            pass
+    assert len(taken) == 1 and given_back == []  # one lease for the three timings, kept a while
+    slots.wait_for_releases()
+    assert given_back == taken  # unused for LINGER_S: back with the server
+
+    monkeypatch.setattr(slots, "LINGER_S", 30.0)
+    monkeypatch.setattr(slots, "HAND_OVER_S", 0.0)  # held long enough: given back at once, others get a turn
+    with slots.gpu_slot("unithost-0"):
+        pass
+    slots.wait_for_releases(timeout_s=5)
+    assert len(taken) == 2 and given_back == taken
+
+    monkeypatch.setattr(slots, "HAND_OVER_S", 10.0)
+    monkeypatch.setattr(slots, "LINGER_S", 0.0)  # a lease per timing
+    for _ in range(2):
+        with slots.gpu_slot("unithost-0"):
+            pass
+    slots.wait_for_releases()
+    assert len(taken) == 4 and given_back == taken
+
+
+def test_the_overhead_bench_heads_with_the_rounds_both_modes_spent_on_the_same_candidates():
+    import runpy
+
+    from conftest import REPO
+
+    bench = runpy.run_path(str(REPO / "bench" / "prefect_overhead.py"))
+
+    def run(walls, work):
+        rounds = [{"wall_s": w, "evaluations": len(e), "evaluated": e, "remeasured": r}
+                  for w, (e, r) in zip(walls, work)]
+        return {"rounds": rounds, "stages": {}, "total_s": sum(walls) + 1, "in_rounds_s": sum(walls)}
+
+    same = [(["a", "b"], []), (["c"], ["c"]), (["d", "e"], []), (["f"], [])]
+    parted = [(["a", "b"], []), (["c"], ["c"]), (["d", "x"], []), (["f"], ["f"])]
+    c = bench["compare"](run([5.0, 1.0, 9.0, 1.0], same), run([4.0, 0.9, 3.0, 0.8], parted))
+    assert c["matched_rounds"] == [2]  # not the first, nor rounds that evaluated or re-measured others
+    assert c["share_matched_rounds"] == pytest.approx(0.1)
+    assert c["share_after_first_round"] == pytest.approx((11.0 - 4.7) / 11.0)
+    text = bench["markdown"]({"comparison": c, "spec": "softmax", "device": "gpu", "budget": 8, "policy": "mcts",
+                              "prefect_version": "3"})
+    assert "(rounds 2): **10.0%**" in text and "| 3 | 2/2 | no |" in text
