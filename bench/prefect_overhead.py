@@ -144,9 +144,10 @@ class SleepingHarness:
             time.sleep(0.3 * self.seconds)
         time.sleep(0.1 * self.seconds)
         ms = 0.5 + int(candidate.code_hash[:6], 16) % 1000 / 1000
+        timing = Timing(ms, 0.98 * ms, 1.02 * ms, 0.97 * ms, 100, "fake: slept")
         return Evaluation(candidate.code_hash, self.spec.name, "fake", FAKE_GPU, {}, Outcome.CORRECT,
-                          (Check("fake", True),), timing=Timing(ms, 0.98 * ms, 1.02 * ms, 0.97 * ms, 100, "fake: slept"),
-                          baselines=self.baselines(), wall_s=time.monotonic() - started)
+                          (Check("fake", True),), timing=timing, baselines=self.baselines(),
+                          wall_s=time.monotonic() - started)
 
 
 class FreshSynthesizer:
@@ -301,9 +302,10 @@ def markdown(result: dict) -> str:
              f"{c['outside_rounds_s']['prefect']:.2f} s, plain {c['outside_rounds_s']['plain']:.2f} s", "",
              "| round | evaluations (prefect/plain) | same candidates | prefect s | plain s | Prefect's share |",
              "|---|---|---|---|---|---|"]
-    same = lambda r: "yes" if r["same_candidates"] else "no" if r["evaluations"] or r["evaluations_plain"] else "-"  # noqa: E731
-    lines += [f"| {r['round']} | {r['evaluations']}/{r['evaluations_plain']} | {same(r)} | {r['prefect_s']:.3f} | "
-              f"{r['plain_s']:.3f} | {pct(r['share'])} |" for r in c["rounds"]]
+    for r in c["rounds"]:
+        same = "yes" if r["same_candidates"] else "no" if r["evaluations"] or r["evaluations_plain"] else "-"
+        lines.append(f"| {r['round']} | {r['evaluations']}/{r['evaluations_plain']} | {same} | {r['prefect_s']:.3f} | "
+                     f"{r['plain_s']:.3f} | {pct(r['share'])} |")
     lines += ["", "Per stage call (median): the orchestration cost of one task", "",
               "| stage | calls | prefect ms | plain ms | overhead ms |", "|---|---|---|---|---|"]
     lines += [f"| {k} | {v['calls']} | {v['prefect_ms']:.2f} | {v['plain_ms']:.2f} | {v['overhead_ms']:.2f} |"
