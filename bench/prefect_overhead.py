@@ -26,24 +26,35 @@ the markdown. A CPU check of the path (no speeds there, and the interpreter's wo
 cores with the flow; under a minute on two cores): python3 bench/prefect_overhead.py --target
 cpu-interpreter --budget 12 --out /tmp/overhead (--budget 4 is the seeds' round alone, which the
 headline leaves out).
+
+The orchestration alone, on any machine: --fake-evaluation-s 0.25 replaces the harness with one
+whose evaluations sleep that long (checks side by side, timings one at a time under the GPU slot
+of a made-up GPU, as the harness's) and whose verdicts follow the code hash, and the synthesizer
+with one that proposes a new kernel every time; both modes then evaluate the same candidates in
+every round. python3 bench/prefect_overhead.py --fake-evaluation-s 0.25 --budget 48 --out /tmp/fake
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
+import itertools
 import json
 import os
 import statistics
 import sys
+import threading
 import time
 from collections import defaultdict
+from contextlib import contextmanager, nullcontext
 from dataclasses import fields, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(REPO)]
 GOAL = 0.05
+FAKE_GPU = "fakehost-0"  # the made-up GPU whose slot fake timings hold (a limit on the Prefect server)
 
 
 class StageClock:
@@ -94,6 +105,82 @@ class RoundClock:
         return out
 
 
+class SleepingHarness:
+    """--fake-evaluation-s: the harness's shape without its work. An evaluation sleeps, 60% side by
+    side with the others (compile, check), 30% one at a time under the timing guard (timing),
+    10% after; its verdict and time follow the code hash, so both modes choose alike."""
+
+    recipe = None  # the threads of this process evaluate
+
+    def __init__(self, spec: Any, seconds: float, timing_guard: Any = None):
+        self.spec, self.seconds = spec, seconds
+        self.timing_guard = timing_guard or (lambda gpu: nullcontext())
+        self._gpu = threading.Lock()  # the harness's exclusive lock around a GPU's timings
+        self._salt = str(time.time_ns())  # no verdict cached by an earlier run
+
+    def evaluate(self, candidates: list[Any]) -> list[Any]:
+        return [self._evaluate(c) for c in candidates]
+
+    def remeasure(self, candidate: Any) -> Any:
+        return self._evaluate(candidate)
+
+    def baselines(self) -> Any:
+        from kevolve.evaluate.result import Baselines, Timing
+
+        return Baselines(eager=Timing(1.0, 0.99, 1.01, 0.98, 100, "fake: slept"))
+
+    def cache_key(self, candidate: Any) -> str:
+        return hashlib.sha256(f"{self._salt}\0{candidate.code_hash}".encode()).hexdigest()[:32]
+
+    def close(self) -> None:
+        pass
+
+    def _evaluate(self, candidate: Any) -> Any:
+        from kevolve.evaluate.result import Check, Evaluation, Outcome, Timing
+
+        started = time.monotonic()
+        time.sleep(0.6 * self.seconds)
+        with self._gpu, self.timing_guard(FAKE_GPU):
+            time.sleep(0.3 * self.seconds)
+        time.sleep(0.1 * self.seconds)
+        ms = 0.5 + int(candidate.code_hash[:6], 16) % 1000 / 1000
+        timing = Timing(ms, 0.98 * ms, 1.02 * ms, 0.97 * ms, 100, "fake: slept")
+        return Evaluation(candidate.code_hash, self.spec.name, "fake", FAKE_GPU, {}, Outcome.CORRECT,
+                          (Check("fake", True),), timing=timing, baselines=self.baselines(),
+                          wall_s=time.monotonic() - started)
+
+
+class FreshSynthesizer:
+    """--fake-evaluation-s: a kernel never proposed before for every one asked for (the same
+    sequence in both modes), so every round evaluates all it asks for."""
+
+    name = "offline"
+
+    def __init__(self):
+        self._count = itertools.count()
+
+    def propose(self, request: Any) -> list[Any]:
+        from kevolve.candidate import Candidate, Origin
+
+        return [Candidate(f"VARIANT = {next(self._count)}\n", request.spec.name, Origin("offline", "fake"))
+                for _ in range(request.n)]
+
+
+@contextmanager
+def fakes(seconds: float | None) -> Iterator[None]:
+    """Searches opened here use the SleepingHarness and the FreshSynthesizer (when seconds is set)."""
+    import kevolve.search.session as session
+
+    made = session.make_evaluator, session.make_synthesizer
+    if seconds:
+        session.make_evaluator = lambda spec, target, settings, guard=None: SleepingHarness(spec, seconds, guard)
+        session.make_synthesizer = lambda settings: FreshSynthesizer()
+    try:
+        yield
+    finally:
+        session.make_evaluator, session.make_synthesizer = made
+
+
 def run(mode: str, args, budget: int | None = None) -> dict[str, Any]:
     import flows.tune_operator as loop
     import tasks
@@ -105,7 +192,7 @@ def run(mode: str, args, budget: int | None = None) -> dict[str, Any]:
                    run_name=f"overhead-{mode}-{time.time_ns()}")
     clock, rounds = StageClock(), RoundClock()
     start = time.perf_counter()
-    with listening(rounds.on_event):
+    with listening(rounds.on_event), fakes(args.fake_evaluation_s):
         if mode == "prefect":
             from prefect.settings import PREFECT_TASKS_REFRESH_CACHE, temporary_settings
 
@@ -201,7 +288,8 @@ def markdown(result: dict) -> str:
     verdict = c["share_matched_rounds"]
     matched = ", ".join(map(str, c["matched_rounds"])) or "none"
     lines = [f"# Prefect's share of a search's wall time: {result['spec']} on {result['device']}", "",
-             f"offline synthesizer, budget {result['budget']}, policy {result['policy']}; prefect "
+             ("a new kernel for every request" if result.get("fake_evaluation_s") else "offline synthesizer")
+             + f", budget {result['budget']}, policy {result['policy']}; prefect "
              f"{result['prefect_version']}, flow with the thread runner and a local API server", "",
              f"- Prefect's share of the rounds after the first in which both modes evaluated the same candidates "
              f"(rounds {matched}): **{pct(verdict)}** (goal under {pct(GOAL)}: "
@@ -214,9 +302,10 @@ def markdown(result: dict) -> str:
              f"{c['outside_rounds_s']['prefect']:.2f} s, plain {c['outside_rounds_s']['plain']:.2f} s", "",
              "| round | evaluations (prefect/plain) | same candidates | prefect s | plain s | Prefect's share |",
              "|---|---|---|---|---|---|"]
-    same = lambda r: "yes" if r["same_candidates"] else "no" if r["evaluations"] or r["evaluations_plain"] else "-"  # noqa: E731
-    lines += [f"| {r['round']} | {r['evaluations']}/{r['evaluations_plain']} | {same(r)} | {r['prefect_s']:.3f} | "
-              f"{r['plain_s']:.3f} | {pct(r['share'])} |" for r in c["rounds"]]
+    for r in c["rounds"]:
+        same = "yes" if r["same_candidates"] else "no" if r["evaluations"] or r["evaluations_plain"] else "-"
+        lines.append(f"| {r['round']} | {r['evaluations']}/{r['evaluations_plain']} | {same} | {r['prefect_s']:.3f} | "
+                     f"{r['plain_s']:.3f} | {pct(r['share'])} |")
     lines += ["", "Per stage call (median): the orchestration cost of one task", "",
               "| stage | calls | prefect ms | plain ms | overhead ms |", "|---|---|---|---|---|"]
     lines += [f"| {k} | {v['calls']} | {v['prefect_ms']:.2f} | {v['plain_ms']:.2f} | {v['overhead_ms']:.2f} |"
@@ -231,6 +320,8 @@ def main() -> int:
     p.add_argument("--policy", default="mcts")
     p.add_argument("--budget", type=int, default=16)
     p.add_argument("--out", default=os.environ.get("OUT") or str(REPO / "bench" / "results"))
+    p.add_argument("--fake-evaluation-s", type=float, default=None,
+                   help="evaluations that sleep this long instead of the harness (see above)")
     args = p.parse_args()
     os.environ.setdefault("KEVOLVE_HOME", "/tmp/kevolve-home")  # the other benches' baselines are reused
     from flows import configure_prefect
@@ -240,11 +331,15 @@ def main() -> int:
     import torch
 
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu (Triton interpreter)"
-    target = time_baselines(args)
+    if args.fake_evaluation_s:
+        device = f"{device}, fake evaluations of {args.fake_evaluation_s:g} s (no kernel runs)"
+        args.target = args.target or "cpu-interpreter"
+    target = args.target if args.fake_evaluation_s else time_baselines(args)
     run("warm-up", args, budget=2)  # imports and the offline synthesizer's first traces: paid by neither run
     plain = run("plain", args)
     orchestrated = run("prefect", args)
     result = {"spec": args.spec, "target": target, "device": device, "budget": args.budget, "policy": args.policy,
+              "fake_evaluation_s": args.fake_evaluation_s,
               "prefect_version": prefect.__version__, "goal": GOAL,
               "comparison": compare(orchestrated, plain), "runs": [plain, orchestrated]}
     text = markdown(result)

@@ -43,6 +43,7 @@ LEASE_S = 300.0
 RETRY_AFTER_S = "0.05"  # after a 503: the server's database was busy with another write
 LINGER_S = float(os.environ.get("KEVOLVE_GPU_LINGER_S", "2"))  # kept unused this long for the next timing
 HAND_OVER_S = 10.0  # a lease passes between this process's timings this long, then others get a turn
+GIVE_BACK_S = 10.0  # a release is asked again this long while the server is busy (exit waits for it)
 
 _lock = threading.Lock()
 _clients: dict[str | None, Any] = {}  # by API URL
@@ -136,13 +137,13 @@ class _Gpu:
     def _give_back(self, lease: _Lease) -> None:
         """Holding a turn, so that no thread of this process meets its own lease on the server;
         asking again while the server is busy (off the search's path, there is time)."""
-        deadline = time.monotonic() + LEASE_S / 2
+        deadline = time.monotonic() + GIVE_BACK_S
         try:
             while True:
                 try:
                     return lease.give_back()
                 except Exception as exc:
-                    if time.monotonic() > deadline:  # it expires after LEASE_S (see there)
+                    if time.monotonic() > deadline:  # reclaimed after LEASE_S where the server can (see there)
                         logging.getLogger(__name__).warning("could not release the GPU slot's lease %s: %s",
                                                             lease.id, exc)
                         return

@@ -294,3 +294,18 @@ def test_the_prefect_overhead_bench_runs_on_the_cpu(server, tmp_path, monkeypatc
     assert plain["summary"]["evaluations"] == orchestrated["summary"]["evaluations"] == 2
     assert {"synthesize", "select", "evaluate (per candidate)"} <= set(result["comparison"]["stages"])
     assert result["comparison"]["rounds"] and "Prefect's share" in (tmp_path / "prefect_overhead.md").read_text()
+
+
+def test_the_prefect_overhead_bench_with_fake_evaluations_compares_every_round(server, tmp_path, monkeypatch):
+    """Evaluations that sleep, verdicts by code hash: both modes evaluate the same candidates in
+    every round, read back from each run's tree."""
+    import runpy
+
+    monkeypatch.setattr(sys, "argv", ["prefect_overhead.py", "--fake-evaluation-s", "0.02", "--budget", "20",
+                                      "--out", str(tmp_path)])
+    bench = runpy.run_path(str(REPO / "bench" / "prefect_overhead.py"))
+    assert bench["main"]() == 0
+    c = json.loads((tmp_path / "prefect_overhead.json").read_text())["comparison"]
+    assert len(c["rounds"]) >= 3 and all(r["same_candidates"] for r in c["rounds"])
+    assert c["matched_rounds"] == [r["round"] for r in c["rounds"][1:]] and c["share_matched_rounds"] is not None
+    assert "fake evaluations of 0.02 s" in (tmp_path / "prefect_overhead.md").read_text()

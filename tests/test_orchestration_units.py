@@ -126,7 +126,7 @@ def test_a_gpu_slot_passes_from_timing_to_timing_then_goes_back(monkeypatch):
     assert given_back == taken  # unused for LINGER_S: back with the server
 
     monkeypatch.setattr(slots, "LINGER_S", 30.0)
-    monkeypatch.setattr(slots, "HAND_OVER_S", 0.0)  # held long enough: given back at once, others get a turn
+    monkeypatch.setattr(slots, "HAND_OVER_S", 0.0)  # held long enough: given back at once, for others
     with slots.gpu_slot("unithost-0"):
         pass
     slots.wait_for_releases(timeout_s=5)
