@@ -12,7 +12,7 @@ from conftest import FIXTURES
 from kevolve.candidate import Candidate, Origin
 from kevolve.evaluate.evaluator import Evaluator
 from kevolve.evaluate.pool import WorkerPool
-from kevolve.evaluate.result import Outcome
+from kevolve.evaluate.result import Evaluation, Outcome
 from kevolve.hardware import load_target
 from kevolve.specs import load_spec, resolve_spec
 
@@ -73,6 +73,12 @@ def test_honest_fixture_is_correct(fixture_results, path):
     assert ev.baselines.eager is not None and ev.baselines.eager.interpreter
     assert ev.diagnosis.min_bytes > 0 and ev.diagnosis.bound == "unknown"
     assert ev.dims == dict(tune) and ev.device.startswith("cpu")
+    # Where the time went: every phase an honest candidate passes through, inside its wall time.
+    assert {"queue", "start", "wait", "guard", "check", "time", "release", "worker"} <= set(ev.phases)
+    assert ev.phases["check"] > 0 and ev.phases["time"] > 0 and ev.phases["worker"] > 0
+    assert sum(v for k, v in ev.phases.items() if k != "worker") <= ev.wall_s + 0.01
+    assert ev.phases["worker"] <= ev.phases["check"] + ev.phases["time"] + ev.phases["release"]
+    assert Evaluation.from_json(ev.to_json()).phases == ev.phases
 
 
 @pytest.mark.slow

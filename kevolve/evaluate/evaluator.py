@@ -29,6 +29,7 @@ from typing import Any, Callable, ContextManager, Sequence
 from kevolve.candidate import Candidate
 from kevolve.evaluate import baseline_cache, ncu
 from kevolve.evaluate.diagnose import diagnose, implausibly_fast
+from kevolve.evaluate.phases import PhaseClock
 from kevolve.evaluate.pool import Reply, Slot, WorkerPool, gpu_identity, worker_env, write_roots
 from kevolve.evaluate.result import (
     BASELINE_NAMES, Baselines, Check, Diagnosis, Evaluation, KernelStats, Outcome, Timing,
@@ -145,29 +146,33 @@ class Evaluator:
         path = folder / "candidate.py"
         path.write_text(candidate.code)
         checks = list(static)
+        clock = PhaseClock()
 
         def done(outcome: Outcome, error: str = "", **kw: Any) -> Evaluation:
             return self._result(candidate, outcome, checks, error=error, baselines=base, started_at=started,
-                                wall_s=time.monotonic() - t0, **kw)
+                                wall_s=time.monotonic() - t0, phases=clock.rounded(), **kw)
 
         try:
-            with self.pool.slot() as slot:
-                worker = self.pool.worker(slot)
+            with clock.entering("queue", self.pool.slot()) as slot:
+                with clock.phase("start"):
+                    worker = self.pool.worker(slot)
                 lock = self.pool.locks[slot.gpu]
-                with lock.shared():
+                with clock.entering("wait", lock.shared()), clock.phase("check"):
                     reply = worker.request({"op": "check", "spec": str(self.spec.path), "path": str(path),
                                             "entry_point": self.spec.entry_point}, self.timeout_s)
+                clock.add("worker", reply.data.get("worker_s", 0.0))
                 failed = self._failure(reply, slot, checks)
                 if failed:
                     return done(*failed)
                 cost, kernels = reply.data["cost"], reply.data.get("kernels", [])
-                with lock.exclusive(), self.timing_guard(gpu_identity(slot.gpu)):
-                    timed = self._time(slot, checks)
+                with clock.entering("wait", lock.exclusive()), \
+                        clock.entering("guard", self.timing_guard(gpu_identity(slot.gpu))):
+                    timed = self._time(slot, checks, clock)
                     if isinstance(timed, tuple):
                         return done(*timed)
                     diagnosis = self._diagnose(cost, kernels, timed)
                     if implausibly_fast(diagnosis.fraction_of_floor):
-                        timed = self._time(slot, checks)  # noise makes false elites: measure again
+                        timed = self._time(slot, checks, clock)  # noise makes false elites: measure again
                         if isinstance(timed, tuple):
                             return done(*timed)
                         diagnosis = self._diagnose(cost, kernels, timed)
@@ -178,15 +183,19 @@ class Evaluator:
                             checks.append(Check("timing.plausible", False, detail))
                             return done(Outcome.WRONG, detail, timing=timed, diagnosis=diagnosis)
                     if self.with_ncu and not self.target.interpreter:
-                        diagnosis = self._with_ncu(diagnosis, path, slot, cost, kernels, timed)
-                worker.request({"op": "release"}, self.timeout_s)
+                        with clock.phase("ncu"):
+                            diagnosis = self._with_ncu(diagnosis, path, slot, cost, kernels, timed)
+                with clock.phase("release"):
+                    worker.request({"op": "release"}, self.timeout_s)
                 return done(Outcome.CORRECT, timing=timed, diagnosis=diagnosis)
         finally:
             shutil.rmtree(folder, ignore_errors=True)
 
-    def _time(self, slot: Slot, checks: list[Check]) -> Timing | tuple:
-        reply = slot.worker.request({"op": "time", "trials": self.timing_trials, "budget_s": self.time_budget_s},
-                                    self.timeout_s)
+    def _time(self, slot: Slot, checks: list[Check], clock: PhaseClock) -> Timing | tuple:
+        with clock.phase("time"):
+            reply = slot.worker.request({"op": "time", "trials": self.timing_trials,
+                                         "budget_s": self.time_budget_s}, self.timeout_s)
+        clock.add("worker", reply.data.get("worker_s", 0.0))
         failed = self._failure(reply, slot, checks)
         if failed:
             return failed

@@ -113,6 +113,7 @@ class Evaluation:
     diagnosis: Diagnosis | None = None
     wall_s: float = 0.0  # what the evaluation cost
     started_at: str = ""
+    phases: Mapping[str, float] = field(default_factory=dict)  # seconds by phase (evaluate/phases.py)
 
     @property
     def correct(self) -> bool:
