@@ -327,3 +327,20 @@ def test_bucketize_searches_with_ties_infinities_nan_and_odd_boundaries():
     fn = getattr(load_module(render(spec, "bucketize", dict(seeds(spec)[0].origin.config, BLOCK=64, search="table",
                                                             CELLS=64))), spec.entry_point)
     assert torch.equal(fn(values, many), torch.bucketize(values, many))
+
+
+def test_pointwise_reads_a_column_broadcast_input_at_offs_mod_c(tmp_path):
+    # Biases over the last dim of a 3-d tensor: the kernel walks the output flat and reads each
+    # at offs % C; a last dim that is not a power of two, and rows of one.
+    spec = write_spec(tmp_path, "two_biases", """
+        import torch
+        def two_biases(x, b, s):
+            return torch.tanh(x + b) * s
+        """, ["{name: x, shape: [B, L, N], dtype: fp32, dist: {kind: normal}}",
+              "{name: b, shape: [N], dtype: fp32, dist: {kind: normal}}",
+              "{name: s, shape: [N], dtype: fp32, dist: {kind: normal}}"], ["{B: 2, L: 5, N: 37}", "{B: 3, L: 1, N: 64}"])
+    found = match_family(spec)
+    assert found.family == "pointwise" and found.match.detail.by_column
+    for candidate in seeds(spec):
+        assert "offs % C" in candidate.code
+        assert problems(spec, candidate.code) == [], candidate.origin.config
