@@ -3,7 +3,17 @@ fixed budget, no knowledge base) through the `tune_operator` flow and through
 `tune_without_prefect`, each round (iteration) timed from the search's own progress events, each
 stage call timed around the call the loop makes (a Prefect task, or the plain function).
 
-Reported: per-round wall time in each mode and Prefect's share of it, (prefect - plain) / prefect.
+Reported first: Prefect's share measured inside the flow's own run. The engine's stage functions
+are timed where they run (inside the tasks) and the loop's calls around them: a round's
+orchestration is each task call less the engine function's own time in it, the evaluation
+fan-out's span less the time in which some evaluation ran or the loop recorded a result, and the
+waits for GPU-slot leases; its share is that over the round's wall time. This is immune to the
+work's own variation (the same kernel's compile can take 10% longer in the next run), and the
+plain loop measured the same way should show about zero. It misses what Prefect's threads might
+take from the workers' CPU; the comparison below would show that.
+
+Then the comparison with the plain search: per-round wall time in each mode and Prefect's share
+of it, (prefect - plain) / prefect.
 The two searches may part ways after a timing's noise (another kernel looks best, another parent
 is expanded), and then a round evaluates other kernels in each mode, some of which take far longer
 to compile and check: such a round compares the kernels, not the orchestration. So the headline
@@ -15,11 +25,14 @@ evaluations per candidate); the flow's fixed costs outside the rounds (API serve
 artifacts). The baselines are timed once before both runs (cached), so neither pays for them;
 the flow's cached verdicts are refreshed, so every evaluation really runs; a short plain search
 first warms what the first search of a process pays for (imports, the offline synthesizer's
-traces). Goal: under 5%.
+traces). With --plain-again the plain search runs once more after the flow, and the same
+comparison between the two plain runs shows what the order and the machine alone move (the
+noise of the comparison). Each evaluation's phases (kevolve/evaluate/phases.py) show where the
+matched rounds' evaluations spent their time in each mode. Goal: under 5%.
 
 On the GPU machine (prefect and its wheels carried from bench/make_wheelhouse.sh, see README):
 
-    python3 bench/prefect_overhead.py [--spec softmax] [--budget 16]
+    python3 bench/prefect_overhead.py [--spec softmax] [--budget 16] [--plain-again]
 
 Writes prefect_overhead.json and prefect_overhead.md under $OUT (default bench/results/) and prints
 the markdown. A CPU check of the path (no speeds there, and the interpreter's workers share the
@@ -54,14 +67,19 @@ from typing import Any, Iterator
 REPO = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(REPO)]
 GOAL = 0.05
+ENGINE: EngineClock | None = None  # installed by main() before anything imports tasks/
 FAKE_GPU = "fakehost-0"  # the made-up GPU whose slot fake timings hold (a limit on the Prefect server)
 
 
 class StageClock:
-    """Wraps each callable of a Stages bundle to time every call the loop makes."""
+    """Wraps each callable of a Stages bundle to time every call the loop makes: durations by
+    stage, and each call's interval (for evaluate_all, also the intervals in which the loop held
+    a result, recording it, while the generator waited)."""
 
     def __init__(self):
         self.calls: dict[str, list[float]] = defaultdict(list)
+        self.intervals: list[tuple[str, float, float]] = []
+        self.held: list[tuple[float, float]] = []
 
     def wrap(self, stages):
         def timed(name, fn):
@@ -71,9 +89,13 @@ class StageClock:
                     count = 0
                     for item in fn(*args, **kwargs):
                         count += 1
+                        handed = time.perf_counter()
                         yield item
+                        self.held.append((handed, time.perf_counter()))
+                    end = self.held[-1][0] if count else time.perf_counter()
+                    self.intervals.append((name, start, end))
                     if count:
-                        self.calls["evaluate (per candidate)"].append((time.perf_counter() - start) / count)
+                        self.calls["evaluate (per candidate)"].append((end - start) / count)
                 return evaluate_all
 
             def call(*args, **kwargs):
@@ -81,10 +103,97 @@ class StageClock:
                 try:
                     return fn(*args, **kwargs)
                 finally:
-                    self.calls[name].append(time.perf_counter() - start)
+                    end = time.perf_counter()
+                    self.calls[name].append(end - start)
+                    self.intervals.append((name, start, end))
             return call
 
         return replace(stages, **{f.name: timed(f.name, getattr(stages, f.name)) for f in fields(stages)})
+
+
+class EngineClock:
+    """The engine's own stage functions timed where they run (inside a Prefect task, or called by
+    the plain loop): installed on kevolve.search.stages before tasks/ wraps those functions."""
+
+    NAMES = ("select", "retrieve", "synthesize", "evaluate", "remeasure", "distill")
+
+    def __init__(self):
+        self.intervals: list[tuple[str, float, float]] = []  # appended from many threads: atomic
+        self._undo: list[tuple[Any, str, Any]] = []
+
+    def install(self) -> "EngineClock":
+        """Wraps the engine's functions, and the `fn` of tasks made from them before this (an
+        earlier import of tasks/, or an earlier clock in this process, which this one replaces)."""
+        import functools
+
+        import kevolve.search.stages as engine
+
+        def timed(name, fn):
+            @functools.wraps(fn)
+            def call(*args, **kwargs):
+                start = time.perf_counter()
+                try:
+                    return fn(*args, **kwargs)
+                finally:
+                    self.intervals.append((name, start, time.perf_counter()))
+            call.engine_clock = True
+            return call
+
+        replaced = {}
+        for name in self.NAMES:
+            current = getattr(engine, name)
+            original = current.__wrapped__ if getattr(current, "engine_clock", False) else current
+            wrapped = timed(name, original)
+            replaced.update({original: wrapped, current: wrapped})
+            self._undo.append((engine, name, original))
+            setattr(engine, name, wrapped)
+        for module in [m for n, m in list(sys.modules.items()) if n == "tasks" or n.startswith("tasks.")]:
+            for value in vars(module).values():
+                fn = getattr(value, "fn", None)
+                if callable(fn) and fn in replaced:
+                    self._undo.append((value, "fn", fn.__wrapped__ if getattr(fn, "engine_clock", False) else fn))
+                    value.fn = replaced[fn]
+        return self
+
+    def uninstall(self) -> None:
+        """Tasks made while installed keep timing, harmlessly; what was there before is restored."""
+        while self._undo:
+            owner, attr, value = self._undo.pop()
+            setattr(owner, attr, value)
+
+
+ENGINE_NAME = {"evaluate_all": "evaluate"}  # the loop's name for a stage -> the engine function's
+
+
+def union_s(intervals: list[tuple[float, float]], lo: float, hi: float) -> float:
+    """Length of the union of the intervals, clipped to [lo, hi]."""
+    total, reach = 0.0, lo
+    for a, b in sorted((max(a, lo), min(b, hi)) for a, b in intervals):
+        if b > reach:
+            total += b - max(a, reach)
+            reach = b
+    return total
+
+
+def orchestration_s(loop: list[tuple[str, float, float]], held: list[tuple[float, float]],
+                    engine: list[tuple[str, float, float]], lo: float, hi: float) -> dict[str, float]:
+    """Within [lo, hi): the time the loop spent in stage calls, and the part of it in which no
+    engine work of that call ran: a sequential stage's call less the engine function's own time
+    inside it; for the evaluation fan-out, its span less the time in which some evaluation ran
+    or the loop was recording a result (dispatch, result delivery, waits between)."""
+    spans = orchestration = 0.0
+    for name, a, b in loop:
+        if not lo <= a < hi:
+            continue
+        spans += b - a
+        inner = ENGINE_NAME.get(name, name)
+        if name == "evaluate_all":
+            busy = [(s, e) for n, s, e in engine if n == inner] + held
+            orchestration += (b - a) - union_s(busy, a, b)
+        else:
+            own = sum(e - s for n, s, e in engine if n == inner and a <= s and e <= b)
+            orchestration += max(0.0, (b - a) - own)
+    return {"stage_calls_s": spans, "orchestration_s": orchestration}
 
 
 class RoundClock:
@@ -101,7 +210,7 @@ class RoundClock:
         out = []
         starts = [m for m in self.marks if m[0] in ("start", "round")]
         for (_, t0, n0), (_, t1, n1) in zip(starts, starts[1:]):
-            out.append({"wall_s": t1 - t0, "evaluations": n1 - n0})
+            out.append({"wall_s": t1 - t0, "evaluations": n1 - n0, "from": t0, "to": t1})
         return out
 
 
@@ -213,25 +322,37 @@ def run(mode: str, args, budget: int | None = None) -> dict[str, Any]:
     total = time.perf_counter() - start
     per_round = rounds.rounds()
     work = round_work(summary["run_id"])
+    engine = ENGINE.intervals if ENGINE else []
     for number, r in enumerate(per_round):  # a new run's rounds are numbered from 0, as its nodes are
-        r.update(work.get(number, {"evaluated": [], "remeasured": []}))
+        r.update(work.get(number, {"evaluated": [], "remeasured": [], "phases_s": {}}))
+        r.update(orchestration_s(clock.intervals, clock.held, engine, r.pop("from"), r.pop("to")))
+        r["orchestration_s"] += r["phases_s"].get("guard", 0.0)  # waits for a GPU slot's lease
     return {"mode": mode, "total_s": total, "rounds": per_round, "in_rounds_s": sum(r["wall_s"] for r in per_round),
             "stages": dict(clock.calls), "summary": summary}
 
 
-def round_work(run_id: str) -> dict[int, dict[str, list[str]]]:
-    """What each round of a run evaluated and re-measured: its candidates' code hashes, sorted."""
+def round_work(run_id: str) -> dict[int, dict[str, Any]]:
+    """What each round of a run evaluated and re-measured (its candidates' code hashes, sorted),
+    and where those evaluations' time went (seconds by phase, summed over the round's evaluations)."""
     from kevolve.search.store import SearchStore
 
     with SearchStore() as store:
         nodes = store.nodes(run_id)
-        remeasured = {e.node_id for e in store.evaluations(run_id) if e.kind == "remeasure"}
-    work: dict[int, dict[str, list[str]]] = defaultdict(lambda: {"evaluated": [], "remeasured": []})
+        evaluations = store.evaluations(run_id)
+    round_of = {node.id: node.round for node in nodes}
+    work: dict[int, dict[str, Any]] = defaultdict(lambda: {"evaluated": [], "remeasured": [], "phases_s": {}})
     for node in nodes:  # a new best is re-measured in the round that found it
         work[node.round]["evaluated"].append(node.candidate.code_hash)
-        if node.id in remeasured:
-            work[node.round]["remeasured"].append(node.candidate.code_hash)
-    return {n: {k: sorted(v) for k, v in w.items()} for n, w in work.items()}
+    for row in evaluations:
+        w = work[round_of[row.node_id]]
+        if row.kind == "remeasure":
+            w["remeasured"].append(row.evaluation.candidate_hash)
+        for phase, seconds in {**row.evaluation.phases, "evaluation": row.evaluation.wall_s}.items():
+            w["phases_s"][phase] = w["phases_s"].get(phase, 0.0) + seconds
+    for w in work.values():
+        w["evaluated"].sort()
+        w["remeasured"].sort()
+    return dict(work)
 
 
 def time_baselines(args) -> str:
@@ -252,7 +373,8 @@ def compare(prefect: dict, plain: dict) -> dict[str, Any]:
     pairs = list(zip(prefect["rounds"], plain["rounds"]))
     rows = [{"round": i + 1, "prefect_s": a["wall_s"], "plain_s": b["wall_s"], "evaluations": a["evaluations"],
              "evaluations_plain": b["evaluations"], "share": (a["wall_s"] - b["wall_s"]) / a["wall_s"],
-             "same_candidates": same_work(a, b)}
+             "same_candidates": same_work(a, b), "orchestration_s": a.get("orchestration_s"),
+             "orchestration_plain_s": b.get("orchestration_s")}
             for i, (a, b) in enumerate(pairs) if a["wall_s"] > 0]
     matched = [r for r in rows[1:] if r["same_candidates"]]
 
@@ -267,7 +389,20 @@ def compare(prefect: dict, plain: dict) -> dict[str, Any]:
             stages[name] = {"calls": len(a), "prefect_ms": 1e3 * statistics.median(a),
                             "plain_ms": 1e3 * statistics.median(b),
                             "overhead_ms": 1e3 * (statistics.median(a) - statistics.median(b))}
+    def direct(run_, selected):  # the share of the rounds' wall time the loop spent in orchestration
+        wall = sum(r["wall_s"] for r in selected)
+        return sum(r.get("orchestration_s", 0.0) for r in selected) / wall if wall else None
+
+    direct_shares = {mode: {"after_first_round": direct(run_, run_["rounds"][1:]),
+                            "all_rounds": direct(run_, run_["rounds"])}
+                     for mode, run_ in (("prefect", prefect), ("plain", plain))}
+    phases: dict[str, dict[str, float]] = {}  # where the matched rounds' evaluations spent their time
+    for r in matched:
+        for mode, run_ in (("prefect", prefect), ("plain", plain)):
+            for phase, seconds in run_["rounds"][r["round"] - 1].get("phases_s", {}).items():
+                phases.setdefault(phase, {"prefect": 0.0, "plain": 0.0})[mode] += seconds
     return {"rounds": rows, "matched_rounds": [r["round"] for r in matched], "share_matched_rounds": share(matched),
+            "matched_phases_s": phases, "direct_share": direct_shares,
             "matched_overhead_s_per_round": (sum(r["prefect_s"] - r["plain_s"] for r in matched) / len(matched)
                                              if matched else None),
             "share_after_first_round": share(rows[1:]), "share_all_rounds": share(rows),
@@ -283,33 +418,60 @@ def same_work(a: dict, b: dict) -> bool:
 
 
 def markdown(result: dict) -> str:
+    from kevolve.evaluate.phases import PHASES
+
     c = result["comparison"]
     pct = lambda x: "-" if x is None else f"{100 * x:.1f}%"  # noqa: E731
-    verdict = c["share_matched_rounds"]
     matched = ", ".join(map(str, c["matched_rounds"])) or "none"
+    goal = lambda x: "met" if x is not None and x < GOAL else "NOT met"  # noqa: E731
+    direct = c.get("direct_share") or {}
+    inside, beside = direct.get("prefect", {}), direct.get("plain", {})
     lines = [f"# Prefect's share of a search's wall time: {result['spec']} on {result['device']}", "",
              ("a new kernel for every request" if result.get("fake_evaluation_s") else "offline synthesizer")
              + f", budget {result['budget']}, policy {result['policy']}; prefect "
-             f"{result['prefect_version']}, flow with the thread runner and a local API server", "",
-             f"- Prefect's share of the rounds after the first in which both modes evaluated the same candidates "
-             f"(rounds {matched}): **{pct(verdict)}** (goal under {pct(GOAL)}: "
-             + ("met" if verdict is not None and verdict < GOAL else "NOT met") + ")"
-             + ("" if c["matched_overhead_s_per_round"] is None else
-                f"; {1e3 * c['matched_overhead_s_per_round']:.0f} ms a round"),
-             f"- every round after the first, matched or not: {pct(c['share_after_first_round'])}; over all rounds: "
-             f"{pct(c['share_all_rounds'])}; median round: {pct(c['median_round_share'])}",
-             f"- outside the rounds (API server start, session, outputs, artifacts): prefect "
-             f"{c['outside_rounds_s']['prefect']:.2f} s, plain {c['outside_rounds_s']['plain']:.2f} s", "",
-             "| round | evaluations (prefect/plain) | same candidates | prefect s | plain s | Prefect's share |",
-             "|---|---|---|---|---|---|"]
+             f"{result['prefect_version']}, flow with the thread runner and a local API server", ""]
+    if inside:
+        lines.append(
+            f"- **Measured inside the flow's run: {pct(inside['after_first_round'])}** of the wall time of the rounds "
+            f"after the first (all rounds: {pct(inside['all_rounds'])}; goal under {pct(GOAL)}: "
+            f"{goal(inside['after_first_round'])}). The time the loop spent on Prefect around the engine's work: "
+            "each task call less the engine function's own time inside it, the evaluation fan-out's span less the "
+            "time in which an evaluation ran or the loop recorded a result, and waits for GPU-slot leases. The plain "
+            f"loop measured the same way: {pct(beside.get('after_first_round'))}.")
+    lines += [f"- Against the plain search, round by round (rounds after the first in which both evaluated the same "
+              f"candidates: {matched}): {pct(c['share_matched_rounds'])}"
+              + ("" if c["matched_overhead_s_per_round"] is None else
+                 f", {1e3 * c['matched_overhead_s_per_round']:.0f} ms a round")
+              + f"; every round after the first: {pct(c['share_after_first_round'])}; over all rounds: "
+              f"{pct(c['share_all_rounds'])}; median round: {pct(c['median_round_share'])}. This comparison also "
+              "carries the difference in the work itself (compile times vary run to run)."]
+    if result.get("noise"):
+        n = result["noise"]
+        lines.append(f"- Noise of that comparison: the plain search run again after the flow, against the first "
+                     f"plain run over the same rounds, (again - plain) / again: {pct(n['share_matched_rounds'])} "
+                     f"(rounds {', '.join(map(str, n['matched_rounds'])) or 'none'}).")
+    lines += [f"- Outside the rounds (API server start, session, outputs, artifacts): prefect "
+              f"{c['outside_rounds_s']['prefect']:.2f} s, plain {c['outside_rounds_s']['plain']:.2f} s", "",
+              "| round | evaluations (prefect/plain) | same candidates | prefect s | plain s | share against plain "
+              "| orchestration inside the flow s (plain) |",
+              "|---|---|---|---|---|---|---|"]
+    sec = lambda x: "-" if x is None else f"{x:.3f}"  # noqa: E731
     for r in c["rounds"]:
         same = "yes" if r["same_candidates"] else "no" if r["evaluations"] or r["evaluations_plain"] else "-"
         lines.append(f"| {r['round']} | {r['evaluations']}/{r['evaluations_plain']} | {same} | {r['prefect_s']:.3f} | "
-                     f"{r['plain_s']:.3f} | {pct(r['share'])} |")
+                     f"{r['plain_s']:.3f} | {pct(r['share'])} | {sec(r.get('orchestration_s'))} "
+                     f"({sec(r.get('orchestration_plain_s'))}) |")
     lines += ["", "Per stage call (median): the orchestration cost of one task", "",
               "| stage | calls | prefect ms | plain ms | overhead ms |", "|---|---|---|---|---|"]
     lines += [f"| {k} | {v['calls']} | {v['prefect_ms']:.2f} | {v['plain_ms']:.2f} | {v['overhead_ms']:.2f} |"
               for k, v in c["stages"].items()]
+    if c.get("matched_phases_s"):
+        lines += ["", "Where the matched rounds' evaluations spent their time (seconds, summed over candidates "
+                  "that ran side by side; `worker` is the part of the requests spent inside the worker)", "",
+                  "| phase | prefect s | plain s | difference s |", "|---|---|---|---|"]
+        order = {name: i for i, name in enumerate(("evaluation", *PHASES, "worker"))}
+        for phase, v in sorted(c["matched_phases_s"].items(), key=lambda kv: order.get(kv[0], len(order))):
+            lines.append(f"| {phase} | {v['prefect']:.3f} | {v['plain']:.3f} | {v['prefect'] - v['plain']:+.3f} |")
     return "\n".join(lines) + "\n"
 
 
@@ -322,11 +484,22 @@ def main() -> int:
     p.add_argument("--out", default=os.environ.get("OUT") or str(REPO / "bench" / "results"))
     p.add_argument("--fake-evaluation-s", type=float, default=None,
                    help="evaluations that sleep this long instead of the harness (see above)")
+    p.add_argument("--plain-again", action="store_true",
+                   help="run the plain search once more after the flow: the noise between two identical runs")
     args = p.parse_args()
     os.environ.setdefault("KEVOLVE_HOME", "/tmp/kevolve-home")  # the other benches' baselines are reused
     from flows import configure_prefect
 
     configure_prefect()
+    global ENGINE
+    ENGINE = EngineClock().install()
+    try:
+        return measure(args)
+    finally:
+        ENGINE.uninstall()
+
+
+def measure(args) -> int:
     import prefect
     import torch
 
@@ -338,10 +511,14 @@ def main() -> int:
     run("warm-up", args, budget=2)  # imports and the offline synthesizer's first traces: paid by neither run
     plain = run("plain", args)
     orchestrated = run("prefect", args)
+    again = run("plain-again", args) if args.plain_again else None
     result = {"spec": args.spec, "target": target, "device": device, "budget": args.budget, "policy": args.policy,
               "fake_evaluation_s": args.fake_evaluation_s,
               "prefect_version": prefect.__version__, "goal": GOAL,
-              "comparison": compare(orchestrated, plain), "runs": [plain, orchestrated]}
+              "comparison": compare(orchestrated, plain), "runs": [plain, orchestrated] + ([again] if again else [])}
+    if again:  # the same comparison between two plain runs: what the order and the machine alone move
+        result["noise"] = {k: v for k, v in compare(again, plain).items()
+                           if k in ("matched_rounds", "share_matched_rounds", "rounds", "matched_phases_s")}
     text = markdown(result)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -309,3 +309,9 @@ def test_the_prefect_overhead_bench_with_fake_evaluations_compares_every_round(s
     assert len(c["rounds"]) >= 3 and all(r["same_candidates"] for r in c["rounds"])
     assert c["matched_rounds"] == [r["round"] for r in c["rounds"][1:]] and c["share_matched_rounds"] is not None
     assert "fake evaluations of 0.02 s" in (tmp_path / "prefect_overhead.md").read_text()
+    # Measured inside each run too: the engine's functions were timed inside the tasks (the flow's
+    # tasks cost something), and the clock came off the engine afterwards.
+    assert 0 < c["direct_share"]["prefect"]["after_first_round"] < 1
+    assert all(r["orchestration_s"] is not None for r in c["rounds"])
+    from kevolve.search import stages
+    assert not hasattr(stages.evaluate, "engine_clock")

@@ -149,8 +149,8 @@ def test_the_overhead_bench_heads_with_the_rounds_both_modes_spent_on_the_same_c
     bench = runpy.run_path(str(REPO / "bench" / "prefect_overhead.py"))
 
     def run(walls, work):
-        rounds = [{"wall_s": w, "evaluations": len(e), "evaluated": e, "remeasured": r}
-                  for w, (e, r) in zip(walls, work)]
+        rounds = [{"wall_s": w, "evaluations": len(e), "evaluated": e, "remeasured": r,
+                   "phases_s": {"evaluation": 0.9 * w, "check": 0.5 * w}} for w, (e, r) in zip(walls, work)]
         return {"rounds": rounds, "stages": {}, "total_s": sum(walls) + 1, "in_rounds_s": sum(walls)}
 
     same = [(["a", "b"], []), (["c"], ["c"]), (["d", "e"], []), (["f"], [])]
@@ -161,4 +161,22 @@ def test_the_overhead_bench_heads_with_the_rounds_both_modes_spent_on_the_same_c
     assert c["share_after_first_round"] == pytest.approx((11.0 - 4.7) / 11.0)
     text = bench["markdown"]({"comparison": c, "spec": "softmax", "device": "gpu", "budget": 8, "policy": "mcts",
                               "prefect_version": "3"})
-    assert "(rounds 2): **10.0%**" in text and "| 3 | 2/2 | no |" in text
+    assert "same candidates: 2): 10.0%" in text and "| 3 | 2/2 | no |" in text
+    # the phases of the matched round alone: where its extra time went
+    assert c["matched_phases_s"]["check"] == pytest.approx({"prefect": 0.5, "plain": 0.45})
+    assert "| evaluation | 0.900 | 0.810 | +0.090 |" in text and "| check | 0.500 | 0.450 | +0.050 |" in text
+
+
+def test_the_overhead_bench_counts_only_the_time_no_engine_work_filled():
+    import runpy
+
+    from conftest import REPO
+
+    bench = runpy.run_path(str(REPO / "bench" / "prefect_overhead.py"))
+    # A select task of 10 ms whose function ran 2 ms; a fan-out from 20 to 50 in which two
+    # evaluations ran 21-40 and 30-45, and the loop recorded a result 44-46; a call outside the window.
+    loop = [("select", 0.0, 10.0), ("evaluate_all", 20.0, 50.0), ("select", 100.0, 110.0)]
+    engine = [("select", 4.0, 6.0), ("evaluate", 21.0, 40.0), ("evaluate", 30.0, 45.0), ("select", 101.0, 109.0)]
+    cost = bench["orchestration_s"](loop, [(44.0, 46.0)], engine, 0.0, 60.0)
+    assert cost == {"stage_calls_s": 40.0, "orchestration_s": pytest.approx(8.0 + 1.0 + 4.0)}
+    assert bench["union_s"]([(1.0, 3.0), (2.0, 5.0), (7.0, 20.0)], 0.0, 10.0) == pytest.approx(7.0)
