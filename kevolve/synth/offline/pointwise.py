@@ -14,8 +14,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
+
 from kevolve.hardware.target import HardwareTarget
-from kevolve.specs.model import OperatorSpec
+from kevolve.specs.model import OperatorSpec, resolve_dtype
 from kevolve.synth.offline import frame as fr
 from kevolve.synth.offline.expr import (CAST_OPS, FLOAT_OPS, BOOL_OPS, INT_OPS, LOGIC_OPS, SIZE_OPS, VIEW_OPS,
                                         Emitter, Unsupported, Val, base_op, helpers_source, kind_of)
@@ -152,8 +154,11 @@ class PointwiseTemplate(Template):
         if target.interpreter:
             return [dict(base, BLOCK=1024, num_warps=1), dict(base, BLOCK=256, num_warps=1, persistent=True,
                                                               programs_per_sm=2, evict="stream")]
+        # The first guess gives each thread two 16-byte vectors of its narrowest input: with 8 bf16
+        # elements a thread, bias_gelu_residual ran 5% slower on an H200 than with 16.
+        vectors = max(4, 32 // min(_item_bytes(i.dtype) for i in spec.inputs))
         return [
-            dict(base, BLOCK=2048, num_warps=warps_for(2048, target, per_thread=8)),
+            dict(base, BLOCK=2048, num_warps=warps_for(2048, target, per_thread=vectors)),
             dict(base, BLOCK=4096, num_warps=warps_for(4096, target, per_thread=16), evict="stream"),
             dict(base, BLOCK=1024, num_warps=warps_for(1024, target, per_thread=8), persistent=True,
                  programs_per_sm=8),
@@ -309,6 +314,10 @@ class PointwiseTemplate(Template):
         lines += launch("_pointwise_kernel", "(_grid,)", args, consts, config["num_warps"], config["num_stages"])
         lines.append("return _out")
         return lines
+
+
+def _item_bytes(dtype: str) -> int:
+    return getattr(torch, resolve_dtype(dtype) or dtype).itemsize
 
 
 EXTENT_HELPER = '''
