@@ -168,7 +168,8 @@ ENGINE_NAME = {"evaluate_all": "evaluate"}  # the loop's name for a stage -> the
 def union_s(intervals: list[tuple[float, float]], lo: float, hi: float) -> float:
     """Length of the union of the intervals, clipped to [lo, hi]."""
     total, reach = 0.0, lo
-    for a, b in sorted((max(a, lo), min(b, hi)) for a, b in intervals):
+    clipped = [(max(a, lo), min(b, hi)) for a, b in intervals]
+    for a, b in sorted((a, b) for a, b in clipped if b > a):  # those outside [lo, hi] add nothing
         if b > reach:
             total += b - max(a, reach)
             reach = b

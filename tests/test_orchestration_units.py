@@ -180,3 +180,7 @@ def test_the_overhead_bench_counts_only_the_time_no_engine_work_filled():
     cost = bench["orchestration_s"](loop, [(44.0, 46.0)], engine, 0.0, 60.0)
     assert cost == {"stage_calls_s": 40.0, "orchestration_s": pytest.approx(8.0 + 1.0 + 4.0)}
     assert bench["union_s"]([(1.0, 3.0), (2.0, 5.0), (7.0, 20.0)], 0.0, 10.0) == pytest.approx(7.0)
+    # intervals wholly outside the window, before or after it, add nothing
+    assert bench["union_s"]([(-5.0, -1.0), (2.0, 4.0), (12.0, 30.0)], 0.0, 10.0) == pytest.approx(2.0)
+    later = engine + [("evaluate", 70.0, 80.0)]  # the next round's evaluation
+    assert bench["orchestration_s"](loop, [(44.0, 46.0)], later, 0.0, 60.0) == cost
