@@ -323,13 +323,22 @@ def run(mode: str, args, budget: int | None = None) -> dict[str, Any]:
     total = time.perf_counter() - start
     per_round = rounds.rounds()
     work = round_work(summary["run_id"])
-    engine = ENGINE.intervals if ENGINE else []
+    engine = [i for i in (ENGINE.intervals if ENGINE else []) if i[1] >= start]
+    marks = [m[1] for m in rounds.marks]
     for number, r in enumerate(per_round):  # a new run's rounds are numbered from 0, as its nodes are
         r.update(work.get(number, {"evaluated": [], "remeasured": [], "phases_s": {}}))
         r.update(orchestration_s(clock.intervals, clock.held, engine, r.pop("from"), r.pop("to")))
         r["orchestration_s"] += r["phases_s"].get("guard", 0.0)  # waits for a GPU slot's lease
+
+    def since(t: float) -> float:
+        return round(t - start, 4)
+
+    timeline = {"round_marks": [since(t) for t in marks],  # seconds from the run's start, to read it by
+                "loop": [(n, since(a), since(b)) for n, a, b in clock.intervals],
+                "held": [(since(a), since(b)) for a, b in clock.held],
+                "engine": [(n, since(a), since(b)) for n, a, b in engine]}
     return {"mode": mode, "total_s": total, "rounds": per_round, "in_rounds_s": sum(r["wall_s"] for r in per_round),
-            "stages": dict(clock.calls), "summary": summary}
+            "stages": dict(clock.calls), "summary": summary, "timeline": timeline}
 
 
 def round_work(run_id: str) -> dict[int, dict[str, Any]]:
