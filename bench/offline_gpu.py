@@ -403,31 +403,22 @@ def write(out: Path, stem: str, run: dict) -> int:
             f"| {s['spec']} | {s['family']} | {ms(b.get('eager'))} | {ms(b.get('compile_default'))} | "
             f"{ms(b.get('compile_max_autotune'))} | {ms(best)} | {vs_best} | {floor} | {copy} | {same} | {gather} | "
             f"{s['evaluations']} ({s['correct']}) | {s['gpu_s']} | {cfg} |")
-    gathers = [s for s in run["specs"] if s.get("gather_ceiling")]
-    if gathers:
-        lines += ["", "## Gather ceiling (the rows an embedding bag reads, gathered with no reduction)", "",
-                  "| spec | rows read MB | index_select ms (+ its write) | best Triton gather ms | GB/s | "
-                  "% of copy BW | gather floor ms |", "|---|---|---|---|---|---|---|"]
-        for s in gathers:
-            g = s["gather_ceiling"]
-            lines.append(f"| {s['spec']} | {g['row_bytes'] / 1e6:.1f} | {ms(g['index_select_ms'])} | "
-                         f"{ms(g['gather_ms'])} | {g['gather_gbps']:.0f} | "
-                         f"{100 * g['gather_gbps'] / c['copy_gbps']:.0f}% | {ms(g['floor_ms'])} |")
-    streams = [s for s in run["specs"] if s.get("stream_ceiling") and s.get("best_ms")]
-    if streams:
-        lines += ["", "## Stream ceiling (the spec's bytes moved by a plain casting copy, no search)", "",
-                  "| spec | what | ms | GB/s | % of copy BW | best ms | % of this ceiling |", "|---|---|---|---|---|---|---|"]
-        for s in streams:
-            t = s["stream_ceiling"]
-            lines.append(f"| {s['spec']} | {t['what']} | {ms(t['stream_ms'])} | {t['gbps']:.0f} | "
-                         f"{100 * t['gbps'] / c['copy_gbps']:.0f}% | {ms(s['best_ms'])} | "
-                         f"{100 * t['stream_ms'] / s['best_ms']:.0f}% |")
-    split = [s for s in run["specs"] if s.get("best_kernels_us")]
-    if split:
-        lines += ["", "## Kernels of each best candidate (device us per call, medians; profiler)", "",
-                  "| spec | best ms | kernels |", "|---|---|---|"]
-        lines += [f"| {s['spec']} | {ms(s['best_ms'])} | "
-                  + ", ".join(f"{k} {v:.1f}" for k, v in s["best_kernels_us"].items()) + " |" for s in split]
+    lines += table("Gather ceiling (the rows an embedding bag reads, gathered with no reduction)",
+                   ["spec", "rows read MB", "index_select ms (+ its write)", "best Triton gather ms", "GB/s",
+                    "% of copy BW", "gather floor ms"],
+                   [[s["spec"], f"{g['row_bytes'] / 1e6:.1f}", ms(g["index_select_ms"]), ms(g["gather_ms"]),
+                     f"{g['gather_gbps']:.0f}", f"{100 * g['gather_gbps'] / c['copy_gbps']:.0f}%", ms(g["floor_ms"])]
+                    for s in run["specs"] if (g := s.get("gather_ceiling"))])
+    lines += table("Stream ceiling (the spec's bytes moved by a plain casting copy, no search)",
+                   ["spec", "what", "ms", "GB/s", "% of copy BW", "best ms", "% of this ceiling"],
+                   [[s["spec"], t["what"], ms(t["stream_ms"]), f"{t['gbps']:.0f}",
+                     f"{100 * t['gbps'] / c['copy_gbps']:.0f}%", ms(s["best_ms"]),
+                     f"{100 * t['stream_ms'] / s['best_ms']:.0f}%"]
+                    for s in run["specs"] if (t := s.get("stream_ceiling")) and s.get("best_ms")])
+    lines += table("Kernels of each best candidate (device us per call, medians; profiler)",
+                   ["spec", "best ms", "kernels"],
+                   [[s["spec"], ms(s["best_ms"]), ", ".join(f"{k} {v:.1f}" for k, v in s["best_kernels_us"].items())]
+                    for s in run["specs"] if s.get("best_kernels_us")])
     failing = [s for s in run["specs"] if s.get("failures")]
     if failing:
         lines += ["", "## Candidates that failed (first few per spec)", ""]
@@ -436,6 +427,14 @@ def write(out: Path, stem: str, run: dict) -> int:
     (out / f"{stem}.md").write_text("\n".join(lines) + "\n")
     print(f"wrote {out / stem}.json and .md")
     return 0
+
+
+def table(title: str, columns: list[str], rows: list[list[str]]) -> list[str]:
+    """A titled markdown table; nothing where there are no rows."""
+    if not rows:
+        return []
+    return (["", f"## {title}", "", "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+            + ["| " + " | ".join(row) + " |" for row in rows])
 
 
 if __name__ == "__main__":
