@@ -6,7 +6,8 @@ rows); the wrapper replays those views and the kernel reads the operands through
 The epilogue is emitted by expr.Emitter over the matmul's output frame, with the accumulator
 standing in for the matmul node. Knobs: tile shape, warps, stages, grouped tile order (GROUP_M),
 split-K (partial sums in an fp32 workspace, reduced by a second kernel that applies the
-epilogue), a persistent grid, and for float32 operands the dot's precision.
+epilogue), a persistent grid, operand tiles fetched by the tensor memory accelerator (TMA), and
+for float32 operands the dot's precision.
 """
 
 from __future__ import annotations
@@ -34,6 +35,8 @@ BLOCK_K = Knob("BLOCK_K", pow2(16, 128), "reduction depth per loop step")
 GROUP_M = Knob("GROUP_M", (1, 4, 8, 16), "tiles of rows visited together (L2 reuse of the B operand)")
 SPLIT_K = Knob("SPLIT_K", (1, 2, 4, 8), "programs sharing one tile's reduction (partials in fp32)")
 DOT_PRECISION = Knob("dot_precision", ("ieee", "tf32x3"), "float32 dot: exact, or three tf32 passes")
+MAX_ACC_PER_THREAD = 128  # fp32 accumulators a thread holds; at 256 ptxas spills or fails (H200, 2026-12-02)
+TMA = Knob("tma", (False, True), "operand tiles fetched by TMA descriptors (Hopper on); pointers where unaligned")
 
 
 @dataclass(frozen=True)
@@ -66,7 +69,7 @@ def _chain(graph: Graph, name: str) -> tuple[str, ...]:
 class MatmulTemplate(Template):
     families = ("matmul",)
     knobs = (BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M, SPLIT_K, NUM_WARPS, NUM_STAGES, PERSISTENT, PROGRAMS_PER_SM,
-             DOT_PRECISION)
+             DOT_PRECISION, TMA)
 
     def match(self, graph: Graph, spec: OperatorSpec) -> Match | None:
         mms = [n for n in graph.nodes if n.op in MATMUL_OPS]
@@ -140,6 +143,8 @@ class MatmulTemplate(Template):
                 "num_stages": 3, "persistent": False, "programs_per_sm": 1, "sm_count": sm}
         if d.dtype == "float32":
             base["dot_precision"] = "ieee"
+        if has_tma(target) and not d.batched:
+            base["tma"] = False
         if target.interpreter:
             return [dict(base, BLOCK_M=64, BLOCK_N=64, BLOCK_K=32, num_warps=1, num_stages=1),
                     dict(base, BLOCK_M=16, BLOCK_N=64, BLOCK_K=16, GROUP_M=4, SPLIT_K=2, num_warps=1,
@@ -149,6 +154,9 @@ class MatmulTemplate(Template):
                     dict(base, BLOCK_M=128, BLOCK_N=64, BLOCK_K=32, num_warps=8, num_stages=3,
                          dot_precision="tf32x3"),
                     dict(base, BLOCK_M=64, BLOCK_N=128, BLOCK_K=32, num_warps=4, num_stages=4)]
+        if "tma" in base:  # the best of bench/matmul_sweep.py on the H200, then its runners-up
+            wide = dict(base, BLOCK_N=256, tma=True)
+            return [dict(wide, persistent=True), wide, dict(wide, BLOCK_K=32, num_stages=5), base]
         return [base,
                 dict(base, BLOCK_N=256, num_warps=8, num_stages=3),
                 dict(base, BLOCK_M=64, BLOCK_N=128, num_warps=4, num_stages=4),
@@ -157,12 +165,15 @@ class MatmulTemplate(Template):
     def check(self, config: Config, match: Match, target: HardwareTarget, spec: OperatorSpec) -> str | None:
         d: MatmulDetail = match.detail
         size = 4 if d.dtype == "float32" else 2
-        smem = (config["BLOCK_M"] + config["BLOCK_N"]) * config["BLOCK_K"] * size * max(1, config["num_stages"] - 1)
+        smem = (config["BLOCK_M"] + config["BLOCK_N"]) * config["BLOCK_K"] * size * max(1, config["num_stages"])
         if not target.interpreter and smem > target.shared_memory_per_block_kib * 1024:
             return (f"tiles of {config['BLOCK_M']}x{config['BLOCK_K']} and {config['BLOCK_K']}x{config['BLOCK_N']} "
                     f"over {config['num_stages']} stages need {smem // 1024} KiB of shared memory")
+        if config.get("tma") and (d.batched or not has_tma(target)):
+            return ("TMA descriptors need compute capability 9.0 or later" if not has_tma(target)
+                    else "TMA descriptors here cover 2-d operands, not a batched matmul")
         acc_per_thread = config["BLOCK_M"] * config["BLOCK_N"] // (config["num_warps"] * target.warp_size_threads)
-        if not target.interpreter and acc_per_thread > 256:
+        if not target.interpreter and acc_per_thread > MAX_ACC_PER_THREAD:
             return f"a {config['BLOCK_M']}x{config['BLOCK_N']} accumulator over {config['num_warps']} warps spills"
         return super().check(config, match, target, spec)
 
@@ -201,11 +212,14 @@ class MatmulTemplate(Template):
         sizes = list(em.scalars.values())
         consts = ["BLOCK_M: tl.constexpr", "BLOCK_N: tl.constexpr", "BLOCK_K: tl.constexpr", "GROUP_M: tl.constexpr",
                   "SPLIT_K: tl.constexpr", "EVEN_K: tl.constexpr", "IDX64: tl.constexpr", "UPCAST: tl.constexpr"]
-        main_params = ["a_ptr", "b_ptr"] + ([] if split else leaf_params) + ["out_ptr", "M", "N", "K", "BATCH",
+        tma = bool(config.get("tma"))
+        if tma:
+            consts += ["TMA: tl.constexpr", "A_T: tl.constexpr", "B_T: tl.constexpr"]
+        main_params = ["a_ptr", "b_ptr"] + (["a_desc", "b_desc"] if tma else []) + ([] if split else leaf_params) + ["out_ptr", "M", "N", "K", "BATCH",
                                                                                "sa_b", "sa_m", "sa_k", "sb_b", "sb_k",
                                                                                "sb_n"]
         main_params += ([] if split else ["G1", "G2"] + stride_params + sizes) + ["NPROG"]
-        body = self._main_body(config, d)
+        body = self._main_body(config, d, tma)
         if split:
             body += ["        ws = out_ptr + pid_k * BATCH * M * N + rows[:, None] * N + rn[None, :]",
                      "        tl.store(ws, acc, mask=mask)"]
@@ -234,7 +248,8 @@ class MatmulTemplate(Template):
                 red_params + ["BLOCK_M: tl.constexpr", "BLOCK_N: tl.constexpr", "SPLIT_K: tl.constexpr",
                               "IDX64: tl.constexpr"]) + "):\n" + "\n".join(red_body))
         wrapper = self._wrapper(entry, graph, d, config, em.scalars)
-        return module_source(spec, entry, "matmul", config, kernels, wrapper, helpers=[fr.HELPERS, EXTENT_HELPER])
+        helpers = [fr.HELPERS, EXTENT_HELPER] + ([TMA_HELPER] if tma else [])
+        return module_source(spec, entry, "matmul", config, kernels, wrapper, helpers=helpers)
 
     @staticmethod
     def _epilogue_prelude(d: MatmulDetail, tags) -> list[str]:
@@ -243,9 +258,24 @@ class MatmulTemplate(Template):
         return lines + [f"{tags[(l.node, l.emb)]}_row = {fr.leaf_row_offset(tags[(l.node, l.emb)])}" for l in generic]
 
     @staticmethod
-    def _main_body(config: Config, d: MatmulDetail) -> list[str]:
+    def _main_body(config: Config, d: MatmulDetail, tma: bool) -> list[str]:
         precision = f', input_precision="{config["dot_precision"]}"' if d.dtype == "float32" else ""
         mask_k = ("(rk[None, :] < K - k * BLOCK_K * SPLIT_K)", "(rk[:, None] < K - k * BLOCK_K * SPLIT_K)")
+        # TMA: the descriptor fetches a whole tile and fills what lies outside the operand with
+        # zeros, so no masks; an operand stored transposed is fetched as stored and turned here.
+        by_tma = [
+            "            if TMA:",
+            "                kk = (pid_k + k * SPLIT_K) * BLOCK_K",
+            "                if A_T:",
+            "                    a = a_desc.load([kk, pid_m * BLOCK_M]).T",
+            "                else:",
+            "                    a = a_desc.load([pid_m * BLOCK_M, kk])",
+            "                if B_T:",
+            "                    b = b_desc.load([pid_n * BLOCK_N, kk]).T",
+            "                else:",
+            "                    b = b_desc.load([kk, pid_n * BLOCK_N])",
+            "            elif EVEN_K:",
+        ] if tma else ["            if EVEN_K:"]
         return [
             "    pid = tl.program_id(0)",
             "    pid_k = tl.program_id(1)",
@@ -275,7 +305,7 @@ class MatmulTemplate(Template):
             "        b_ptrs = b_base + rk[:, None] * sb_k + rbn[None, :] * sb_n",
             "        acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)",
             "        for k in range(0, tl.cdiv(K, BLOCK_K * SPLIT_K)):",
-            "            if EVEN_K:",
+            *by_tma,
             "                a = tl.load(a_ptrs)",
             "                b = tl.load(b_ptrs)",
             "            else:",
@@ -333,10 +363,19 @@ class MatmulTemplate(Template):
         sizes = [entry.size(n) for n in scalars]
         consts = {"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": config["GROUP_M"], "SPLIT_K": split,
                   "EVEN_K": "_even_k", "IDX64": "_idx64", "UPCAST": "_upcast"}
+        descs = []
+        if config.get("tma"):
+            lines.append(f"_a_desc, _a_t = _tma_operand(_a, ({bm}, {bk}))")
+            lines.append(f"_b_desc, _b_t = _tma_operand(_b, ({bk}, {bn}))")
+            lines.append("_tma = _a_desc is not None and _b_desc is not None")
+            lines.append("if not _tma:  # an operand TMA cannot read: pointers, same tiles")
+            lines.append("    _a_desc = _b_desc = None")
+            descs = ["_a_desc", "_b_desc"]
+            consts.update(TMA="_tma", A_T="_a_t", B_T="_b_t")
         lines.append("if _out.numel() == 0:\n    return _out" + _final_view(entry, graph, d, "_out"))
         if split > 1:
             lines.append(f"_ws = torch.empty([{split}, _batch * _m, _n], dtype=torch.float32, device=_a.device)")
-            args = ["_a", "_b", "_ws", "_m", "_n", "_k", "_batch", "*_strides", "_grid"]
+            args = ["_a", "_b", *descs, "_ws", "_m", "_n", "_k", "_batch", "*_strides", "_grid"]
             lines += launch("_matmul_kernel", f"(_grid, {split})", args, consts, config["num_warps"],
                             config["num_stages"])
             red_args = ["_ws"] + leaf_args + ["_out", "_m", "_n", "_batch", "_G1", "_G2"] + stride_args + sizes
@@ -344,11 +383,40 @@ class MatmulTemplate(Template):
             lines += launch("_splitk_epilogue", "(_red_grid,)", red_args,
                             {"BLOCK_M": 32, "BLOCK_N": 64, "SPLIT_K": split, "IDX64": "_idx64"}, 4, 1)
         else:
-            args = ["_a", "_b"] + leaf_args + ["_out", "_m", "_n", "_k", "_batch", "*_strides", "_G1", "_G2"]
+            args = ["_a", "_b", *descs] + leaf_args + ["_out", "_m", "_n", "_k", "_batch", "*_strides", "_G1", "_G2"]
             args += stride_args + sizes + ["_grid"]
             lines += launch("_matmul_kernel", "(_grid, 1)", args, consts, config["num_warps"], config["num_stages"])
         lines.append("return _out" + _final_view(entry, graph, d, "_out"))
         return lines
+
+
+def has_tma(target: HardwareTarget) -> bool:
+    """Tensor descriptors: NVIDIA from compute capability 9.0 (Hopper), and Triton's interpreter."""
+    if target.interpreter:
+        return True
+    try:
+        return target.vendor == "nvidia" and float(target.compute_capability) >= 9.0
+    except ValueError:
+        return False
+
+
+TMA_HELPER = '''
+def _tma_operand(t, block):
+    """A TMA descriptor over a 2-d operand and whether it is stored transposed; (None, False)
+    when TMA cannot read it: no unit-stride dim, or a base or row not on 16 bytes."""
+    from triton.tools.tensor_descriptor import TensorDescriptor
+
+    if t.stride(1) == 1 or t.shape[1] == 1:
+        stored, box, transposed = t, list(block), False
+    elif t.stride(0) == 1 or t.shape[0] == 1:
+        stored, box, transposed = t.t(), list(block)[::-1], True
+    else:
+        return None, False
+    row_bytes = stored.stride(0) * stored.element_size()
+    if stored.data_ptr() % 16 or row_bytes % 16 or stored.shape[1] * stored.element_size() < 16:
+        return None, False
+    return TensorDescriptor(stored, list(stored.shape), [stored.stride(0), 1], box), transposed
+'''
 
 
 def _row_reshape(graph: Graph, node: Node, mm: Node) -> bool:
