@@ -340,7 +340,8 @@ def bench_spec(spec, device: str, ceilings: dict, args) -> dict:
                 break
             evaluate(c)
         best_now = min(a.time_ms for a in attempts.values() if a.time_ms)
-        stale = 0 if best_now < best_before * 0.99 else stale + 1
+        # one restart per stall, then back to refining the best: restarts are costly guesses
+        stale = 0 if best_now < best_before * 0.99 or mode == "restart" else stale + 1
 
     correct = [e for e in evaluated if e["outcome"] == "correct"]
     best = min(correct, key=lambda e: e["time_ms"]) if correct else None

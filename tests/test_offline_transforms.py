@@ -2,6 +2,7 @@
 and the synthesizer's memory modes, skills and seeding behave as the search relies on."""
 
 import pytest
+import torch
 
 from conftest import FIXTURES, REPO
 from kevolve.candidate import Origin, Transform
@@ -33,7 +34,8 @@ TRANSFORMED = {
     "clamp_log1p": [{"BLOCK": 64, "num_warps": 2}],
     "rotary_embedding": [{"BLOCK": 64}, {"BLOCK": 256, "persistent": True, "programs_per_sm": 1}],
     "matmul_bias_relu": [{"BLOCK_M": 16, "BLOCK_N": 32, "BLOCK_K": 16, "GROUP_M": 1},
-                         {"SPLIT_K": 4, "BLOCK_K": 16}, {"persistent": True, "programs_per_sm": 1, "GROUP_M": 4}],
+                         {"SPLIT_K": 4, "BLOCK_K": 16}, {"persistent": True, "programs_per_sm": 1, "GROUP_M": 4},
+                         {"tma": True, "SPLIT_K": 2, "BLOCK_K": 16}, {"tma": True, "persistent": True}],
     "cross_entropy": [{"BLOCK_N": 32, "BLOCK_M": 4}, {"persistent": True, "programs_per_sm": 1, "BLOCK_M": 2},
                       {"lse": "rescale", "aligned": False, "BLOCK_N": 16, "BLOCK_M": 2},
                       {"BLOCK_N": 16, "BLOCK_M": 8, "lse": "one_exp", "aligned": True},
@@ -117,14 +119,20 @@ def test_transforms_follow_the_diagnosis_for_softmax(bound, expect):
         assert first.value is True
 
 
-def test_compute_bound_matmul_tries_tiles_stages_grouping_and_split_k_first():
+def test_compute_bound_matmul_tries_tma_tiles_stages_grouping_and_split_k_first():
     spec = load_spec(SPEC_DIR / "matmul_bias_relu.yaml")
-    config = seed(spec, H100).origin.config
+    seeds = OfflineSynthesizer().propose(request(spec, H100, n=4))
+    assert seeds[0].origin.config["tma"] and not seeds[-1].origin.config["tma"]  # pointers kept as a seed
+    config = seeds[0].origin.config
     moves = transforms_for("matmul", config, Diagnosis(bound="compute", summary=""), H100)
-    assert {t.name for t in moves[:6]} <= {"BLOCK_N", "BLOCK_M", "num_stages", "GROUP_M", "BLOCK_K", "SPLIT_K"}
-    assert moves[0] == Transform("BLOCK_N", config["BLOCK_N"] * 2)
+    assert {t.name for t in moves[:5]} <= {"BLOCK_N", "BLOCK_M", "num_stages", "GROUP_M", "BLOCK_K", "SPLIT_K"}
+    pointers = seeds[-1].origin.config
+    assert transforms_for("matmul", pointers, Diagnosis(bound="compute", summary=""), H100)[:2] == [
+        Transform("tma", True), Transform("BLOCK_N", pointers["BLOCK_N"] * 2)]
     memory = transforms_for("matmul", config, Diagnosis(bound="occupancy", summary=""), H100)
     assert memory[0] == Transform("num_warps", config["num_warps"] // 2)
+    a100 = OfflineSynthesizer().propose(request(spec, load_target("a100"), n=4))
+    assert all("tma" not in c.origin.config for c in a100)  # no TMA before Hopper
 
 
 def test_suggestions_lead_and_inert_knobs_are_left_alone():
@@ -166,14 +174,19 @@ def test_siblings_mode_moves_toward_the_best_sibling():
     assert all(config_key(c.origin.config) not in {config_key(k.origin.config) for k in kids} for c in out)
 
 
-def test_restart_lands_far_from_the_parent():
+def test_restart_jumps_a_few_knobs_to_configs_not_yet_tried():
     spec = load_spec(SPEC_DIR / "layernorm.yaml")
-    parent = seed(spec, H100)
-    out = OfflineSynthesizer().propose(request(spec, H100, parent=attempt(parent), memory_mode="restart", n=3))
+    first, *others = OfflineSynthesizer().propose(request(spec, H100, n=3))
+    history = (attempt(first), *map(attempt, others))
+    out = OfflineSynthesizer().propose(request(spec, H100, parent=attempt(first), memory_mode="restart", n=6,
+                                               history=history))
+    tried = {config_key(a.origin.config) for a in history}
     for c in out:
-        changed = [k for k in parent.origin.config if c.origin.config[k] != parent.origin.config[k]]
-        assert len(changed) >= 3 and len(c.origin.transforms) == len(changed)
+        changed = [k for k in first.origin.config if c.origin.config[k] != first.origin.config[k]]
+        assert 2 <= len(changed) == len(c.origin.transforms) and config_key(c.origin.config) not in tried
         assert c.origin.note.startswith("restart")
+    jumps = [c for c in out if c.origin.note.startswith("restart: a jump")]
+    assert jumps and all(len(c.origin.transforms) <= 3 for c in jumps)
 
 
 def test_skills_are_tried_first_when_they_apply():
@@ -194,7 +207,7 @@ def test_skills_are_tried_first_when_they_apply():
 def test_randomness_is_seeded():
     spec = load_spec(SPEC_DIR / "swiglu.yaml")
     parent = seed(spec, H100)
-    req = request(spec, H100, parent=attempt(parent), memory_mode="restart", n=3)
+    req = request(spec, H100, parent=attempt(parent), memory_mode="restart", n=10)  # past the seeds
     a = [c.origin.config for c in OfflineSynthesizer(rng_seed=1).propose(req)]
     assert a == [c.origin.config for c in OfflineSynthesizer(rng_seed=1).propose(req)]
     assert a != [c.origin.config for c in OfflineSynthesizer(rng_seed=2).propose(req)]
@@ -236,3 +249,41 @@ def test_the_harness_diagnosis_words_map_to_moves():
     looped = dict(seed(softmax, H100).origin.config, variant="looped")
     diag = Diagnosis(bound="memory", summary="", suggestions=suggestions("memory", "memory", [], 0.6))
     assert transforms_for("softmax", looped, diag, H100)[0] == Transform("variant", "whole_row")
+
+
+TMA_PROBLEMS = {  # KernelBench-style; every operand row on 16 bytes, so TMA reads them all
+    "linear_relu": ("self.proj = nn.Linear(32, 48)", "x", "return torch.relu(self.proj(x))",
+                    "[torch.rand(40, 32)]"),  # the weight is read through .t(): B stored transposed
+    "a_transposed": ("pass", "a, b", "return torch.matmul(a.T, b)", "[torch.rand(24, 40), torch.rand(24, 36)]"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(TMA_PROBLEMS))
+def test_matmul_by_tma_reads_transposed_operands_and_falls_back_to_pointers(tmp_path, name):
+    from offline_support import load_module
+    from kevolve.specs.runtime import OperatorRuntime
+
+    init, args, body, inputs = TMA_PROBLEMS[name]
+    (tmp_path / f"{name}.py").write_text(
+        "import torch\nimport torch.nn as nn\n\n\nclass Model(nn.Module):\n    def __init__(self):\n"
+        f"        super().__init__()\n        {init}\n\n    def forward(self, {args}):\n        {body}\n\n\n"
+        f"def get_inputs():\n    return {inputs}\n\n\ndef get_init_inputs():\n    return []\n")
+    spec = load_spec(tmp_path / f"{name}.py")
+    config = dict(seed(spec).origin.config, tma=True)
+    code = render(spec, "matmul", config)
+    assert problems(spec, code, seeds=(1,)) == [], config
+    module = load_module(code)
+    made, read_by = module._tma_operand, []  # per operand: stored transposed, or None (pointers)
+
+    def recording(t, block):
+        desc, transposed = made(t, block)
+        read_by.append(transposed if desc is not None else None)
+        return desc, transposed
+
+    module._tma_operand = recording
+    runtime = OperatorRuntime(spec)
+    dims = spec.interpreter_dims[0]
+    runtime.candidate(module, dims)(*runtime.inputs(dims, 1))
+    assert read_by == ([False, True] if name == "linear_relu" else [True, False])
+    odd = module._tma_operand(torch.rand(5, 7), (16, 16))  # rows of 28 bytes: pointers instead
+    assert odd == (None, False)

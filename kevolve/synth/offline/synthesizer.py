@@ -127,35 +127,31 @@ class OfflineSynthesizer:
 
     def _restart(self, request: SynthesisRequest, found: FamilyMatch, template: Template,
                  rng: random.Random) -> list[tuple[tuple[Transform, ...], str]]:
-        """Configs far from the parent: the template's seeds and random draws over its knobs,
-        the most different first."""
+        """Configs away from the parent: the template's seeds, then random jumps of two or three
+        knobs at once. Not of every knob: such draws land mostly on poor corners of the space
+        (a tiny block on a persistent grid with one warp), and each costs a full evaluation."""
         parent = dict(request.parent.origin.config)
-        pool = [dict(s) for s in template.seeds(found.match, request.spec, request.target)]
-        inert = template.inert(parent)
-        for _ in range(48):
-            draw = dict(parent)
-            for knob in template.knobs:
-                if knob.name in parent and knob.name not in inert:
-                    draw[knob.name] = rng.choice(knob.values)
-            pool.append(draw)
-
-        def distance(c: Mapping[str, Any]) -> int:
-            return sum(1 for k in parent if c.get(k) != parent[k])
-
-        pool.sort(key=distance, reverse=True)
         plans = []
-        for config in pool:
+        for config in template.seeds(found.match, request.spec, request.target):
             changed = tuple(Transform(k, config[k]) for k in parent if config.get(k) != parent[k])
             if changed:
-                plans.append((changed, f"restart far from the parent ({distance(config)} knobs changed): "
-                                       + _summary(config)))
+                plans.append((changed, f"restart from a seed ({len(changed)} knobs changed): " + _summary(config)))
+        inert = template.inert(parent)
+        free = [k for k in template.knobs if k.name in parent and k.name not in inert and len(k.values) > 1]
+        for _ in range(48):
+            draw = dict(parent)
+            for knob in rng.sample(free, min(len(free), rng.choice((2, 3)))):
+                draw[knob.name] = rng.choice([v for v in knob.values if v != parent[knob.name]])
+            changed = tuple(Transform(k, draw[k]) for k in parent if draw[k] != parent[k])
+            plans.append((changed, f"restart: a jump of {len(changed)} knobs from the parent: "
+                                   + ", ".join(map(str, changed))))
         return plans
 
     def _children(self, request: SynthesisRequest, found: FamilyMatch, template: Template,
                   plans: list[tuple[tuple[Transform, ...], str]], rng: random.Random) -> list[Candidate]:
         parent_config = dict(request.parent.origin.config)
         avoid = {config_key(parent_config)}
-        if request.memory_mode == "inherit":
+        if request.memory_mode in ("inherit", "restart"):
             avoid |= {config_key(a.origin.config) for a in request.history if a.origin.config}
         if request.memory_mode == "siblings":
             avoid |= {config_key(a.origin.config) for a in request.siblings if a.origin.config}

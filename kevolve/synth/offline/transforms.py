@@ -31,11 +31,13 @@ PREFERENCES: dict[str, tuple[tuple[str, Any, str], ...]] = {
         ("BLOCK_N", "up", "longer row chunks in flight"),
         ("variant", "whole_row", "read each row once"),
         ("online", True, "one pass for max and sum"),
+        ("num_warps", "down", "fewer warps over the same tile: more bytes in flight per thread"),
         ("evict", "stream", "streamed data evicted first, reused data kept"),
         ("persistent", True, "a persistent grid keeps every SM streaming"),
         ("num_stages", "up", "deeper pipelining of loads"),
         ("BLOCK_D", "up", "wider feature slices"),
         ("programs_per_sm", "up", "more resident programs"),
+        ("num_warps", "up", "more warps over the same tile: more threads issuing loads"),
     ),
     "occupancy": (
         ("num_warps", "down", "fewer warps per program: more programs resident"),
@@ -57,6 +59,7 @@ PREFERENCES: dict[str, tuple[tuple[str, Any, str], ...]] = {
         ("SPLIT_K", "down", "one kernel instead of two"),
     ),
     "compute": (
+        ("tma", True, "operand tiles fetched by TMA: no address math or registers spent on loads"),
         ("BLOCK_N", "up", "larger output tiles: more reuse per load"),
         ("BLOCK_M", "up", "larger output tiles: more reuse per load"),
         ("num_stages", "up", "deeper software pipelining"),
