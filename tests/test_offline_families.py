@@ -340,7 +340,27 @@ def test_pointwise_reads_a_column_broadcast_input_at_offs_mod_c(tmp_path):
               "{name: b, shape: [N], dtype: fp32, dist: {kind: normal}}",
               "{name: s, shape: [N], dtype: fp32, dist: {kind: normal}}"], ["{B: 2, L: 5, N: 37}", "{B: 3, L: 1, N: 64}"])
     found = match_family(spec)
-    assert found.family == "pointwise" and found.match.detail.by_column
+    assert found.family == "pointwise" and found.match.detail.broadcast_flat
     for candidate in seeds(spec):
         assert "offs % C" in candidate.code
+        assert problems(spec, candidate.code) == [], candidate.origin.config
+
+
+def test_pointwise_reads_a_table_of_the_trailing_dims_at_offs_mod_its_size(tmp_path):
+    # Rotary's cos/sin tables [S, D] under x [B, H, S, D], one as [1, S, D]: the kernel walks the
+    # output flat, reads each table at offs % (S * D) and x's rotate-half partner at offs +- D/2.
+    spec = write_spec(tmp_path, "rope", """
+        import torch
+        def rope(x, cos, sin):
+            half = x.shape[-1] // 2
+            rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+            return x * cos + rotated * sin
+        """, ["{name: x, shape: [B, H, S, D], dtype: fp32, dist: {kind: normal}}",
+              "{name: cos, shape: [S, D], dtype: fp32, dist: {kind: normal}}",
+              "{name: sin, shape: [1, S, D], dtype: fp32, dist: {kind: normal}}"],
+        ["{B: 2, H: 3, S: 5, D: 16}", "{B: 1, H: 2, S: 1, D: 6}"])
+    found = match_family(spec)
+    assert found.family == "rotary" and found.match.detail.broadcast_flat
+    for candidate in seeds(spec, n=2):
+        assert "offs % l1_P" in candidate.code and "offs + HALF" in candidate.code
         assert problems(spec, candidate.code) == [], candidate.origin.config

@@ -2,12 +2,14 @@
 embeddings, which are elementwise but for a rotate-half of the last dim.
 
 The kernel body is generated from the traced graph (expr.Emitter). When every input is the
-output's shape the kernel walks the tensor flat. So it does when the others are indexed by the
-column alone (a bias): each is read at `offs % C`, with C a compile-time constant as torch.compile
-has it, which costs a multiply and a shift where a tile's two-level index costs more (4% of a
-bias-GELU-residual's time on an H200). Otherwise it walks rows x columns of the output and each
-broadcast input is indexed through its frame strides (frame.py). A rotate-half
-(`cat((-x[..., h:], x[..., :h]), -1)`) becomes a second load of x at the partner columns.
+output's shape the kernel walks the tensor flat. So it does when the others repeat along the flat
+output: one indexed by the column alone (a bias) is read at `offs % C`; one that is the output's
+trailing dims (rotary's cos and sin tables [S, D] under x [B, H, S, D]) at `offs % P`, P their
+size. C and P are compile-time constants, as torch.compile has them: a multiply and a shift
+where a tile's two-level index costs more (4% of a bias-GELU-residual's time on an H200).
+Otherwise it walks rows x columns of the output and each broadcast input is indexed through its
+frame strides (frame.py). A rotate-half (`cat((-x[..., h:], x[..., :h]), -1)`) becomes a second
+load of x at the partner columns: `offs + HALF` or `offs - HALF` in the flat walk.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ class Leaf:
     dense: bool
     kind: str  # f, i, b
     rotate: bool = False  # read at the rotate-half partner column
+    trailing_from: int | None = None  # k when the input is the output's dims k.. exactly
 
     def row_free(self, rank: int) -> bool:
         """Indexed by the column alone (a bias over the last dim, or a scalar)."""
@@ -82,6 +85,16 @@ def rotate_half_source(graph: Graph, node: Node) -> str | None:
     return x.name
 
 
+def trailing_from(node: Node, emb, frame: tuple[str, ...]) -> int | None:
+    """k when an input is the frame's dims k.. (in order, any other dims of size 1): once
+    contiguous it repeats every prod(frame[k:]) elements of the flat output."""
+    dims = [(f, size) for f, size in zip(emb, node.shape) if size != "1"]
+    if not dims or any(f is None or size != frame[f] for f, size in dims):
+        return None
+    k = dims[0][0]
+    return k if [f for f, _ in dims] == list(range(k, len(frame))) else None
+
+
 @dataclass(frozen=True)
 class PointwiseDetail:
     output: str
@@ -93,12 +106,13 @@ class PointwiseDetail:
         return all(leaf.dense and not leaf.rotate for leaf in self.leaves)
 
     @property
-    def by_column(self) -> bool:
-        """Every broadcast input is indexed by the column alone (a bias over the last dim, a
-        scalar): the kernel still walks the output flat, each such input at offs % C."""
+    def broadcast_flat(self) -> bool:
+        """Every broadcast input repeats along the flat output: indexed by the column alone (a
+        bias, a scalar; read at offs % C) or the output's trailing dims (read at offs % P). The
+        kernel still walks the output flat; a rotate-half reads x at offs +- HALF."""
         rank = len(self.frame)
-        return (not self.flat and not any(l.rotate for l in self.leaves)
-                and all(l.dense or l.row_free(rank) for l in self.leaves))
+        return not self.flat and all(l.dense or l.row_free(rank) or l.trailing_from is not None
+                                     for l in self.leaves)
 
 
 def collect_leaves(graph: Graph, output: str, frame: tuple[str, ...]) -> tuple[Leaf, ...]:
@@ -106,7 +120,8 @@ def collect_leaves(graph: Graph, output: str, frame: tuple[str, ...]) -> tuple[L
     leaves: list[Leaf] = []
 
     def record(node: Node, emb, rotate: bool = False) -> Val:
-        leaf = Leaf(node.name, tuple(emb), fr.is_dense(node, emb, frame), kind_of(node.dtype), rotate)
+        leaf = Leaf(node.name, tuple(emb), fr.is_dense(node, emb, frame), kind_of(node.dtype), rotate,
+                    trailing_from(node, emb, frame))
         if leaf not in leaves:
             leaves.append(leaf)
         return Val("x", leaf.kind)
@@ -179,7 +194,7 @@ class PointwiseTemplate(Template):
         entry = Entry.of(spec, graph)
         out = graph.node(d.output)
         rank = len(d.frame)
-        flat, by_column = d.flat, d.by_column
+        flat, broadcast_flat = d.flat, d.broadcast_flat
         tags = {(l.node, l.emb, l.rotate): f"l{i}" for i, l in enumerate(d.leaves)}
         stream = config["evict"] == "stream"
 
@@ -190,10 +205,14 @@ class PointwiseTemplate(Template):
             cols = "rot_cols" if rotate else "cols"
             if leaf.dense and not rotate:
                 ptr, policy = f"{tag}_ptr + offs", "evict_first" if stream else ""
+            elif leaf.dense and broadcast_flat:  # two masked loads at +-HALF: addresses stay contiguous
+                ptr, policy = None, ""
             elif leaf.dense:
                 ptr, policy = f"{tag}_ptr + rows[:, None] * C + rot_cols[None, :]", ""
-            elif by_column:
+            elif broadcast_flat and leaf.row_free(rank):
                 ptr, policy = f"{tag}_ptr + cols * {tag}_sc", "evict_last" if stream else ""
+            elif broadcast_flat:  # the output's trailing dims, contiguous
+                ptr, policy = f"{tag}_ptr + offs % {tag}_P", "evict_last" if stream else ""
             elif leaf.row_free(rank):  # a bias: only the column moves it
                 ptr = f"{tag}_ptr + {cols}[None, :] * {tag}_sc"
                 policy = "evict_last" if stream else ""
@@ -202,9 +221,15 @@ class PointwiseTemplate(Template):
                 policy = "evict_last" if stream else ""
             ev = f', eviction_policy="{policy}"' if policy else ""
             cast = ".to(tl.float32)" if leaf.kind == "f" else ""
-            v = em.emit(f"tl.load({ptr}, mask=mask, other={other}{ev}){cast}", leaf.kind, node.name)
+            if ptr is None:
+                v = em.emit(f"tl.where(cols < HALF, tl.load({tag}_ptr + offs + HALF, mask=mask & (cols < HALF), "
+                            f"other={other}), tl.load({tag}_ptr + offs - HALF, mask=mask & (cols >= HALF), "
+                            f"other={other})){cast}", leaf.kind, node.name)
+            else:
+                v = em.emit(f"tl.load({ptr}, mask=mask, other={other}{ev}){cast}", leaf.kind, node.name)
             if rotate:  # cat((-x[..., h:], x[..., :h])): the first half is negated
-                v = em.emit(f"tl.where((cols < HALF)[None, :], -{v.expr}, {v.expr})", leaf.kind, "rotate-half")
+                first_half = "cols < HALF" if broadcast_flat else "(cols < HALF)[None, :]"
+                v = em.emit(f"tl.where({first_half}, -{v.expr}, {v.expr})", leaf.kind, "rotate-half")
             return v
 
         def special(node: Node, emb):
@@ -216,8 +241,9 @@ class PointwiseTemplate(Template):
         generic = [l for l in d.leaves if not l.dense]
         rotary = any(l.rotate for l in d.leaves)
         by_rows = any(not l.row_free(rank) for l in generic)
-        body = self._kernel_body(flat or by_column, by_rows, config["persistent"], rotary)
-        if by_column:
+        by_cols = [l for l in generic if l.row_free(rank)]
+        body = self._kernel_body(flat or broadcast_flat, by_rows, config["persistent"], rotary)
+        if broadcast_flat and (by_cols or rotary):
             body.append(("        " if config["persistent"] else "    ") + "cols = offs % C")
         store_val = result.expr if result.kind != "b" else f"{result.expr}.to(tl.int8)"
         store = f"tl.store(out_ptr + offs, {store_val}.to(out_ptr.dtype.element_ty), mask=mask)"
@@ -225,14 +251,20 @@ class PointwiseTemplate(Template):
         params = [f"{tags[(l.node, l.emb, l.rotate)]}_ptr" for l in d.leaves] + ["out_ptr"]
         if flat:
             params += ["N"]
-        elif by_column:
-            params += ["N"] + [f"{tags[(l.node, l.emb, l.rotate)]}_sc" for l in generic]
+        elif broadcast_flat:
+            params += ["N"] + [f"{tags[(l.node, l.emb, l.rotate)]}_sc" for l in by_cols]
         else:
             params += ["R", "C", "G1", "G2"] + [
                 p for l in generic for p in fr.leaf_stride_params(tags[(l.node, l.emb, l.rotate)])]
-        params += list(em.scalars.values()) + (["HALF"] if rotary else []) + ["NPROG"]
-        consts = (["BLOCK: tl.constexpr"] if flat else ["BLOCK: tl.constexpr", "C: tl.constexpr"] if by_column
-                  else ["BLOCK_R: tl.constexpr", "BLOCK_C: tl.constexpr"])
+        params += list(em.scalars.values()) + (["HALF"] if rotary and not broadcast_flat else []) + ["NPROG"]
+        if flat:
+            consts = ["BLOCK: tl.constexpr"]
+        elif broadcast_flat:
+            consts = (["BLOCK: tl.constexpr"] + (["C: tl.constexpr"] if by_cols or rotary else [])
+                      + (["HALF: tl.constexpr"] if rotary else [])
+                      + [f"{tags[(l.node, l.emb, l.rotate)]}_P: tl.constexpr" for l in generic if l not in by_cols])
+        else:
+            consts = ["BLOCK_R: tl.constexpr", "BLOCK_C: tl.constexpr"]
         consts.append("IDX64: tl.constexpr")
         kernel_lines = body + [ind + line for line in em.lines] + [ind + store]
         kernel = ("@triton.jit\ndef _pointwise_kernel(" + ", ".join(params + consts) + "):\n"
@@ -275,7 +307,8 @@ class PointwiseTemplate(Template):
     def _wrapper(entry: Entry, d: PointwiseDetail, out: Node, config: Config, scalars) -> list[str]:
         rank = len(d.frame)
         lines = []
-        for name in sorted({l.node for l in d.leaves if l.dense}):
+        trailing = [l for l in d.leaves if not l.dense and not l.row_free(rank)] if d.broadcast_flat else []
+        for name in sorted({l.node for l in d.leaves if l.dense} | {l.node for l in trailing}):
             v = entry.var(name)
             lines.append(f"{v} = {v}.contiguous()")
         leaf_list = ", ".join(f"({entry.var(l.node)}, {l.emb!r})" for l in d.leaves)
@@ -286,14 +319,23 @@ class PointwiseTemplate(Template):
         tensors = ", ".join(entry.var(l.node) for l in d.leaves)
         lines.append(f"_idx64 = max(_extent(t) for t in ({tensors}, _out)) >= 2 ** 31")
         sizes = [entry.size(n) for n in scalars]
-        if d.flat or d.by_column:
+        rotary = any(l.rotate for l in d.leaves)
+        if d.flat or d.broadcast_flat:
             lines.append("_n = _out.numel()")
             lines.append(f"_tiles = triton.cdiv(_n, {config['BLOCK']})")
             shape_args, consts = ["_n"], {"BLOCK": config["BLOCK"], "IDX64": "_idx64"}
-            if d.by_column:  # each broadcast input's stride along the last dim; C compiled in
-                shape_args += [f"_frame_strides({entry.var(l.node)}, {l.emb!r}, {rank})[{rank - 1}]"
-                               for l in d.leaves if not l.dense]
+            by_cols = [l for l in d.leaves if not l.dense and l.row_free(rank)]
+            # each bias's stride along the last dim; C, HALF and each table's period compiled in
+            shape_args += [f"_frame_strides({entry.var(l.node)}, {l.emb!r}, {rank})[{rank - 1}]" for l in by_cols]
+            if by_cols or rotary:
                 consts["C"] = "_shape[-1]"
+            if rotary:
+                lines.append("if _shape[-1] % 2:\n    raise ValueError('a rotate-half needs an even last dim')")
+                consts["HALF"] = "_shape[-1] // 2"
+            tags = {(l.node, l.emb, l.rotate): f"l{i}" for i, l in enumerate(d.leaves)}
+            for l in trailing:
+                consts[f"{tags[(l.node, l.emb, l.rotate)]}_P"] = " * ".join(
+                    f"_shape[{i}]" for i in range(l.trailing_from, rank))
         else:
             generic = [l for l in d.leaves if not l.dense]
             gl = ", ".join(f"({entry.var(l.node)}, {l.emb!r})" for l in generic)
