@@ -11,17 +11,15 @@ to see the figures as they were (the template rows below were rendered at e3a32c
 
     python3 bench/bias_gelu_sweep.py
 """
-import hashlib
-import importlib.util
 import os
 import statistics
 import sys
-import tempfile
 
 sys.path.insert(0, os.getcwd())
 import torch, torch.nn.functional as F, triton, triton.language as tl  # noqa: E401,E402
 from triton.testing import do_bench  # noqa: E402
 
+from bench.rendered import entry_point  # noqa: E402
 from kevolve.specs import resolve_spec  # noqa: E402
 from kevolve.synth.offline.families import render  # noqa: E402
 
@@ -37,16 +35,6 @@ def ref_fn(x, b, r):
     return F.gelu(x + b) + r
 
 
-def module(code):
-    """A rendered candidate imported from a file (Triton reads a kernel's source from its file)."""
-    path = os.path.join(tempfile.gettempdir(), "cand_" + hashlib.sha1(code.encode()).hexdigest()[:10] + ".py")
-    open(path, "w").write(code)
-    s = importlib.util.spec_from_file_location(os.path.basename(path)[:-3], path)
-    m = importlib.util.module_from_spec(s)
-    s.loader.exec_module(m)
-    return m.bias_gelu_residual
-
-
 spec = resolve_spec("bias_gelu_residual")
 fns = {}
 for block, warps, evict, stages in [(4096, 8, "stream", 1), (4096, 8, "none", 1), (2048, 8, "stream", 1),
@@ -54,7 +42,7 @@ for block, warps, evict, stages in [(4096, 8, "stream", 1), (4096, 8, "none", 1)
                                     (4096, 4, "stream", 1)]:
     cfg = {"BLOCK": block, "num_warps": warps, "num_stages": stages, "persistent": False, "programs_per_sm": 4,
            "evict": evict, "sm_count": 132}
-    fns[f"template B{block} w{warps} {evict}"] = module(render(spec, "pointwise", cfg))
+    fns[f"template B{block} w{warps} {evict}"] = entry_point(render(spec, "pointwise", cfg), "bias_gelu_residual")
 
 
 @triton.jit

@@ -12,14 +12,11 @@ as it is at the commit that quotes it (see RESULTS.md).
     python3 bench/matmul_sweep.py [--out DIR]
 """
 import argparse
-import hashlib
-import importlib.util
 import itertools
 import json
 import os
 import statistics
 import sys
-import tempfile
 import time
 
 sys.path.insert(0, os.getcwd())
@@ -27,6 +24,7 @@ import torch  # noqa: E402
 from triton.testing import do_bench  # noqa: E402
 
 from kevolve.hardware.target import load_target  # noqa: E402
+from bench.rendered import entry_point  # noqa: E402
 from kevolve.specs import resolve_spec  # noqa: E402
 from kevolve.synth.offline.families import match_family, render, template_for  # noqa: E402
 
@@ -45,17 +43,6 @@ PROBES = [
 ]
 TILES = [(128, 128, 64, 8, 3), (128, 128, 64, 4, 4), (128, 256, 64, 8, 3), (128, 256, 64, 8, 4),
          (256, 128, 64, 8, 3), (128, 128, 128, 8, 3), (64, 256, 64, 4, 4), (128, 256, 32, 8, 5)]
-
-
-def module(code, entry):
-    """A rendered candidate imported from a file (Triton reads a kernel's source from its file)."""
-    path = os.path.join(tempfile.gettempdir(), "cand_" + hashlib.sha1(code.encode()).hexdigest()[:10] + ".py")
-    with open(path, "w") as f:
-        f.write(code)
-    s = importlib.util.spec_from_file_location(os.path.basename(path)[:-3], path)
-    m = importlib.util.module_from_spec(s)
-    s.loader.exec_module(m)
-    return getattr(m, entry)
 
 
 def main() -> None:
@@ -85,7 +72,7 @@ def main() -> None:
         if why:
             skipped.append(f"{name}: {why}")
             continue
-        fns[name] = module(render(spec, found.family, config), spec.entry_point)
+        fns[name] = entry_point(render(spec, found.family, config), spec.entry_point)
     best = {"BLOCK_M": 128, "BLOCK_N": 256, "BLOCK_K": 64, "GROUP_M": 8, "SPLIT_K": 1, "num_warps": 8,
             "num_stages": 3, "persistent": True, "programs_per_sm": 1, "sm_count": target.sm_count, "tma": True}
     for label, changes, edit in PROBES:
@@ -93,7 +80,7 @@ def main() -> None:
         if edit is not None:
             assert edit[0] in code, edit[0]
             code = code.replace(edit[0], edit[1])
-        fns[f"128x256x64 w8 s3 tma persistent, {label}"] = module(code, spec.entry_point)
+        fns[f"128x256x64 w8 s3 tma persistent, {label}"] = entry_point(code, spec.entry_point)
     fns["eager"] = reference
     fns["torch.compile default"] = torch.compile(reference)
     fns["torch.compile max-autotune"] = torch.compile(reference, mode="max-autotune-no-cudagraphs")
