@@ -56,7 +56,14 @@ class Candidate:
 
     @property
     def code_hash(self) -> str:
-        return code_hash(self.code)
+        """Made once per candidate: normalising a kernel's source takes milliseconds (parse and
+        unparse), holding the interpreter, and the loop, the store and every fanned-out evaluation
+        task (its run name, its cache key) ask for it."""
+        made = self.__dict__.get("_code_hash")
+        if made is None:
+            made = code_hash(self.code)
+            object.__setattr__(self, "_code_hash", made)  # frozen: not a field, never compared
+        return made
 
 
 def normalise_code(code: str) -> str:

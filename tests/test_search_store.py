@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import pickle
 import sqlite3
 import subprocess
 import sys
+from dataclasses import replace
 
 import pytest
 
@@ -76,6 +78,18 @@ def test_nodes_are_unique_by_normalised_code_and_evaluations_round_trip(store):
     # another run may hold the same code
     store.create_run("r2", "relu", "h100-sxm", settings())
     assert store.add_node("r2", candidate(), parent_id=None, memory_mode="inherit", group=0, round=0) is not None
+
+
+def test_a_candidates_code_hash_is_made_once_and_is_no_part_of_its_identity(monkeypatch):
+    import kevolve.candidate as made_here
+
+    real, made = made_here.code_hash, []
+    monkeypatch.setattr(made_here, "code_hash", lambda code: made.append(code) or real(code))
+    first = candidate()
+    assert first.code_hash == first.code_hash == real(CODE) and made == [CODE]  # parsing a kernel takes ms
+    assert first == candidate() and pickle.loads(pickle.dumps(first)) == first
+    other = replace(first, code=CODE + "\ny = 1\n")
+    assert other.code_hash == real(other.code) != first.code_hash
 
 
 def test_one_writer_per_run(store, tmp_path):
