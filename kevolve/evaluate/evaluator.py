@@ -78,6 +78,7 @@ class Evaluator:
         self._baselines_lock = threading.Lock()
         self._ceilings: Ceilings | None = None
         self._judge: str | None = None  # judge_digest, made on the first cache_key
+        self._judge_lock = threading.Lock()  # a round's tasks ask at once: made by one of them
 
     # Public API -------------------------------------------------------------------------------
     def evaluate(self, candidates: Sequence[Candidate]) -> list[Evaluation]:
@@ -115,10 +116,11 @@ class Evaluator:
     def cache_key(self, candidate: Candidate) -> str:
         """What decides this candidate's evaluation: its code, the spec (file and reference), the
         target, the judge's settings and the harness's own source. Same key, same verdict."""
-        if self._judge is None:  # once: the workers keep the spec as it was first loaded, too
-            self._judge = judge_digest(self.spec, self.target.name,
-                                       f"timeout={self.timeout_s} baselines={self.with_baselines} "
-                                       f"autotune={self.max_autotune} trials={self.timing_trials}")
+        with self._judge_lock:
+            if self._judge is None:  # once: the workers keep the spec as it was first loaded, too
+                self._judge = judge_digest(self.spec, self.target.name,
+                                           f"timeout={self.timeout_s} baselines={self.with_baselines} "
+                                           f"autotune={self.max_autotune} trials={self.timing_trials}")
         return hashlib.sha256(f"{self._judge}\0{candidate.code_hash}".encode()).hexdigest()[:32]
 
     def close(self) -> None:
