@@ -10,6 +10,7 @@ from prefect import task, unmapped
 from prefect.cache_policies import NO_CACHE, CachePolicy
 from prefect.context import FlowRunContext
 from prefect.futures import as_completed
+from prefect.utilities.annotations import quote
 
 from kevolve.evaluate.result import Evaluation
 from kevolve.search import stages
@@ -33,18 +34,25 @@ def evaluate_all(evaluator: Any, nodes: Sequence[Node], evaluate: Any = evaluate
                  ) -> Iterator[tuple[Node, Evaluation]]:
     if not nodes:
         return
-    futures = evaluate.map(unmapped(_shipped(evaluator)), [n.candidate for n in nodes])
+    candidates: Any = [n.candidate for n in nodes]
+    recipe = getattr(evaluator, "recipe", None)
+    if _runs_elsewhere():
+        evaluator = evaluator if recipe is None else recipe
+    else:  # quoted: no futures hide in them, and Prefect would otherwise walk both in every task
+        evaluator, candidates = quote(evaluator), quote(candidates)
+    futures = evaluate.map(unmapped(evaluator), candidates)
     node_of = {f.task_run_id: node for f, node in zip(futures, nodes)}
     for future in as_completed(list(futures)):
         yield node_of[future.task_run_id], future.result()
 
 
-def _shipped(evaluator: Any) -> Any:
-    """The evaluator itself for threads of this process; its recipe for a runner elsewhere."""
+def _runs_elsewhere() -> bool:
+    """Whether the flow's task runner sends tasks to other processes or hosts. There the
+    evaluator travels as its recipe, and arguments unquoted (a quote reaches a Dask worker as a
+    bare tuple)."""
     context = FlowRunContext.get()
     runner = type(context.task_runner).__name__ if context and context.task_runner else ""
-    recipe = getattr(evaluator, "recipe", None)
-    return recipe if recipe is not None and runner in REMOTE_RUNNERS else evaluator
+    return runner in REMOTE_RUNNERS
 
 
 REMOTE_RUNNERS = ("DaskTaskRunner", "RayTaskRunner", "ProcessPoolTaskRunner")

@@ -4,6 +4,7 @@ endpoint that is down (never for a kernel that fails); and `kevolve tune`, which
 from __future__ import annotations
 
 import asyncio
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -103,3 +104,59 @@ def test_kevolve_tune_without_an_llm_uses_the_offline_synthesizer_through_the_fl
     assert "synthesizer: offline" in (outputs / "summary.md").read_text()
     listing = run_cli("tune", "--list")
     assert outputs.name in listing.stdout and "finished" in listing.stdout
+
+
+class Walked(dict):
+    """Counts Prefect walking it (it walks a mapping through items(), looking for futures)."""
+
+    walks = 0
+
+    def items(self):
+        Walked.walks += 1
+        return super().items()
+
+
+@dataclass
+class WalkableEvaluator:
+    """An evaluator Prefect would walk, as it walks any dataclass argument."""
+
+    salt: str
+    settings: Walked = field(default_factory=lambda: Walked(trials=100))
+    evaluated: list = field(default_factory=list)
+
+    def evaluate(self, candidates):
+        from kevolve.evaluate.result import Evaluation, Outcome
+
+        self.evaluated += [c.code_hash for c in candidates]
+        return [Evaluation(c.code_hash, c.spec_name, "cpu-interpreter", "cpu", {}, Outcome.CORRECT)
+                for c in candidates]
+
+    def cache_key(self, candidate):
+        return f"{self.salt}-{candidate.code_hash}"
+
+
+def test_the_evaluation_fan_out_walks_no_argument_and_keeps_the_verdict_cache(prefect):
+    """Prefect walks every task argument for futures unless it is quoted: neither the evaluator
+    nor the candidates (their origin's config) are walked in each evaluate task, and the verdict
+    key still sees the evaluator and the candidate themselves."""
+    import uuid
+
+    from prefect import flow
+    from prefect.task_runners import ThreadPoolTaskRunner
+
+    from kevolve.candidate import Candidate, Origin
+    from kevolve.search.tree import Node
+    from tasks.evaluation import evaluate_all
+
+    evaluator = WalkableEvaluator(uuid.uuid4().hex)
+    nodes = [Node(i, None, Candidate(f"VARIANT = {i}\n", "softmax", Origin("manual", config=Walked(n=i))),
+                  "inherit", 0, 0) for i in range(3)]
+
+    @flow(task_runner=ThreadPoolTaskRunner(), persist_result=False)
+    def fan_out():
+        return {node.id: evaluation.candidate_hash for node, evaluation in evaluate_all(evaluator, nodes)}
+
+    hashes = {n.id: n.candidate.code_hash for n in nodes}
+    assert fan_out() == hashes and sorted(evaluator.evaluated) == sorted(hashes.values())
+    assert Walked.walks == 0
+    assert fan_out() == hashes and len(evaluator.evaluated) == 3  # the second time, every verdict cached
