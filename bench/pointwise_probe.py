@@ -65,6 +65,13 @@ def probe(name, reference, xs, configs, edits):
 
 
 def main() -> None:
+    import time
+
+    import triton
+
+    print(f"# Pointwise kernels against inductor's: probe\n\n{time.strftime('%Y-%m-%dT%H:%MZ', time.gmtime())}, "
+          f"{torch.cuda.get_device_name()}, torch {torch.__version__}, triton {triton.__version__}; command: "
+          "`python3 bench/pointwise_probe.py` (stdout). Profiler kernel times, device us per call, medians of 50 calls.")
     g = torch.Generator(device="cuda").manual_seed(0)
     no_mask = ("without mask", lambda code: code.replace(*NO_MASK))
     x = torch.randn(1 << 24, device="cuda", generator=g) * 5 + 1
