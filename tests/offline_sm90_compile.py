@@ -19,6 +19,7 @@ import torch
 import triton
 from triton.backends.compiler import GPUTarget
 from triton.runtime.jit import JITFunction
+from triton.tools.tensor_descriptor import TensorDescriptor
 
 TYPES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16", torch.float64: "fp64",
          torch.int64: "i64", torch.int32: "i32", torch.int16: "i16", torch.int8: "i8", torch.uint8: "u8",
@@ -46,6 +47,10 @@ def signature(fn: JITFunction, args, kwargs) -> tuple[dict, dict]:
             sig[p.name], consts[p.name] = "constexpr", (False if p.name == "UPCAST" else v)
         elif isinstance(v, torch.Tensor):
             sig[p.name] = "*" + TYPES[v.dtype]
+        elif isinstance(v, TensorDescriptor):  # the matmul's operands fetched by TMA
+            sig[p.name] = f"tensordesc<{TYPES[v.base.dtype]}[{','.join(map(str, v.block_shape))}]>"
+        elif v is None:  # an unused descriptor
+            sig[p.name], consts[p.name] = "constexpr", None
         elif isinstance(v, bool):
             sig[p.name] = "i1"
         elif isinstance(v, int):

@@ -72,6 +72,23 @@ def test_offline_search_runs_end_to_end(name, pool):
 
 
 @pytest.mark.slow
+def test_matmul_by_tma_passes_the_harness(pool):
+    """Operand tiles by TMA descriptors through the harness's static checks, sandbox and
+    correctness checks, on a shape TMA reads and one it falls back from (rows of 58 bytes)."""
+    from kevolve.candidate import Candidate, Origin
+    from kevolve.evaluate.evaluator import Evaluator
+    from kevolve.evaluate.result import Outcome
+
+    spec = load_spec(REPO / "specs" / "matmul_bias_relu.yaml")
+    request = SynthesisRequest(spec=spec, target=INTERPRETER, ceilings=datasheet_ceilings(INTERPRETER))
+    config = dict(OfflineSynthesizer().propose(request)[0].origin.config, tma=True)
+    candidate = Candidate(code=render(spec, "matmul", config), spec_name=spec.name,
+                          origin=Origin(synthesizer="offline", family="matmul", config=config))
+    evaluation = Evaluator(spec, INTERPRETER, pool=pool, timeout_s=120.0, baselines=False).evaluate([candidate])[0]
+    assert evaluation.outcome is Outcome.CORRECT, evaluation.error[:500]
+
+
+@pytest.mark.slow
 def test_gpu_benchmark_pipeline_runs_under_the_interpreter(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(REPO), "TRITON_INTERPRET": "1"}
     run = subprocess.run([sys.executable, str(REPO / "bench" / "offline_gpu.py"), "--interpreter",
@@ -113,7 +130,8 @@ def test_cli_shows_family_seeds_and_code(tmp_path):
 SM90 = [
     ("gelu_tanh", {}), ("bias_gelu_residual", {"persistent": True}), ("rotary_embedding", {}), ("softmax", {}),
     ("layernorm", {"variant": "looped"}), ("cross_entropy", {}), ("matmul_bias_relu", {"SPLIT_K": 2}),
-    ("matmul_bias_relu", {"persistent": True}), ("embedding_bag_sum", {}), ("jagged_segment_sum", {}),
+    ("matmul_bias_relu", {"persistent": True}), ("matmul_bias_relu", {"tma": False}), ("embedding_bag_sum", {}),
+    ("jagged_segment_sum", {}),
     ("bucketize", {"search": "linear"}),
 ]
 LOOKUP = """import torch

@@ -26,7 +26,8 @@ MAX_SOURCE_CHARS = 200_000
 ALLOWED_IMPORTS = frozenset({
     "torch", "torch.nn", "triton", "triton.language", "triton.language.extra",
     "triton.language.extra.libdevice", "triton.language.extra.cuda",
-    "triton.language.extra.cuda.libdevice", "math", "functools", "typing", "__future__",
+    "triton.language.extra.cuda.libdevice", "triton.tools.tensor_descriptor", "math", "functools", "typing",
+    "__future__",
 })
 FREE_MODULES = ("math", "functools", "typing", "__future__", "triton.language")
 
@@ -155,6 +156,8 @@ def allowed_path(path: str) -> bool:
     if any(path == m or path.startswith(m + ".") for m in FREE_MODULES):
         return True
     if parts[0] == "triton":
+        if parts[:3] == ["triton", "tools", "tensor_descriptor"]:  # TMA descriptors, made on the host
+            return True
         return len(parts) == 1 or parts[1] in TRITON_ALLOWED
     if parts[0] != "torch":
         return False
