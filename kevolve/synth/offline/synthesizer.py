@@ -150,11 +150,9 @@ class OfflineSynthesizer:
     def _children(self, request: SynthesisRequest, found: FamilyMatch, template: Template,
                   plans: list[tuple[tuple[Transform, ...], str]], rng: random.Random) -> list[Candidate]:
         parent_config = dict(request.parent.origin.config)
+        # whatever the mode, a config already tried (on the path here or beside it) is not new
         avoid = {config_key(parent_config)}
-        if request.memory_mode in ("inherit", "restart"):
-            avoid |= {config_key(a.origin.config) for a in request.history if a.origin.config}
-        if request.memory_mode == "siblings":
-            avoid |= {config_key(a.origin.config) for a in request.siblings if a.origin.config}
+        avoid |= {config_key(a.origin.config) for a in (*request.history, *request.siblings) if a.origin.config}
         by_skill = {tuple(skill.transforms): skill.id for skill in request.skills}
         out: list[Candidate] = []
         for transforms, note in plans:
