@@ -396,18 +396,19 @@ def write(out: Path, stem: str, run: dict) -> int:
              "the time of a plain copy of the spec's least bytes (half read, half written) over best: a short "
              "kernel's ramp and tail included. Launch hidden: the best and max-autotune timed again as the "
              "search's harness times them (the GPU kept busy while the host launches the call), so the Python "
-             "launch path does not count.", "",
+             "launch path does not count. Kernels: the sum of the profiler's kernel times of one call, max-autotune's "
+             "over the best's (below), untouched by the host.", "",
              "| spec | family | eager ms | compile ms | max-autotune ms | best ms | vs max-autotune | "
-             "vs max-autotune, launch hidden | % floor | "
+             "vs max-autotune, launch hidden | vs max-autotune, kernels | % floor | "
              "% copy BW | % same-size copy | % gather | evals (correct) | GPU s | best config |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
 
     def ms(v):
         return f"{v:.4f}" if isinstance(v, (int, float)) else "-"
 
     for s in run["specs"]:
         if "error" in s:
-            lines.append(f"| {s['spec']} | error: {s['error'][:80]} |" + " |" * 13)
+            lines.append(f"| {s['spec']} | error: {s['error'][:80]} |" + " |" * 14)
             continue
         b = s["baselines_ms"]
         best = s.get("best_ms")
@@ -417,13 +418,16 @@ def write(out: Path, stem: str, run: dict) -> int:
         hidden = s.get("launch_hidden_ms", {})
         hidden_vs = (f"{hidden['compile_max_autotune'] / hidden['best']:.2f}x"
                      if {"compile_max_autotune", "best"} <= set(hidden) else "-")
+        theirs = sum(s.get("baseline_kernels_us", {}).get("compile_max_autotune", {}).values())
+        ours = sum(s.get("best_kernels_us", {}).values())
+        kernels_vs = f"{theirs / ours:.2f}x" if theirs and ours else "-"
         floor = f"{100 * s['fraction_of_floor']:.0f}%" if best else "-"
         copy = f"{100 * s['fraction_of_copy']:.0f}%" if best and s["memory_bound"] else "-"
         same = f"{100 * s['fraction_of_same_size_copy']:.0f}%" if s.get("fraction_of_same_size_copy") else "-"
         gather = f"{100 * s['fraction_of_gather']:.0f}%" if s.get("fraction_of_gather") else "-"
         lines.append(
             f"| {s['spec']} | {s['family']} | {ms(b.get('eager'))} | {ms(b.get('compile_default'))} | "
-            f"{ms(b.get('compile_max_autotune'))} | {ms(best)} | {vs_best} | {hidden_vs} | {floor} | {copy} | {same} | {gather} | "
+            f"{ms(b.get('compile_max_autotune'))} | {ms(best)} | {vs_best} | {hidden_vs} | {kernels_vs} | {floor} | {copy} | {same} | {gather} | "
             f"{s['evaluations']} ({s['correct']}) | {s['gpu_s']} | {cfg} |")
     lines += table("Gather ceiling (the rows an embedding bag reads, gathered with no reduction)",
                    ["spec", "rows read MB", "index_select ms (+ its write)", "best Triton gather ms", "GB/s",
