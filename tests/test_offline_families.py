@@ -364,3 +364,16 @@ def test_pointwise_reads_a_table_of_the_trailing_dims_at_offs_mod_its_size(tmp_p
     for candidate in seeds(spec, n=2):
         assert "offs % l1_P" in candidate.code and "offs + HALF" in candidate.code
         assert problems(spec, candidate.code) == [], candidate.origin.config
+
+
+def test_log1p_calls_libdevice_on_gpus_and_a_portable_formula_under_the_interpreter():
+    from kevolve.evaluate.static_checks import rejection_reason, static_checks
+
+    spec = load_spec(REPO / "specs" / "clamp_log1p.yaml")
+    h100 = load_target("h100-sxm")
+    gpu = OfflineSynthesizer().propose(SynthesisRequest(spec=spec, target=h100, ceilings=datasheet_ceilings(h100)))[0]
+    assert gpu.origin.config["libdevice"] and "libdevice.log1p(x)" in gpu.code
+    assert rejection_reason(static_checks(gpu.code, spec.entry_point)) == ""  # the harness takes it
+    cpu = seeds(spec)[0]
+    assert not cpu.origin.config["libdevice"] and "libdevice" not in cpu.code.replace('"libdevice": false', "")
+    assert problems(spec, cpu.code) == []

@@ -128,7 +128,7 @@ def test_cli_shows_family_seeds_and_code(tmp_path):
 
 # One config per family, and the matmul's split-K and persistent kernels, compiled for sm_90.
 SM90 = [
-    ("gelu_tanh", {}), ("bias_gelu_residual", {"persistent": True}), ("rotary_embedding", {}), ("softmax", {}),
+    ("gelu_tanh", {}), ("clamp_log1p", {}), ("bias_gelu_residual", {"persistent": True}), ("rotary_embedding", {}), ("softmax", {}),
     ("layernorm", {"variant": "looped"}), ("cross_entropy", {}), ("matmul_bias_relu", {"SPLIT_K": 2}),
     ("matmul_bias_relu", {"persistent": True}), ("matmul_bias_relu", {"tma": False}), ("embedding_bag_sum", {}),
     ("jagged_segment_sum", {}),

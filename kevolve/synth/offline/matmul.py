@@ -22,7 +22,7 @@ from kevolve.synth.offline.expr import Emitter, Unsupported, Val, VIEW_OPS, help
 from kevolve.synth.offline.module import Entry, launch, module_source, torch_dtype
 from kevolve.synth.offline.pointwise import EXTENT_HELPER, is_elementwise
 from kevolve.synth.offline.template import (NUM_STAGES, NUM_WARPS, PERSISTENT, PROGRAMS_PER_SM, Config, Knob,
-                                            Match, Template, pow2)
+                                            Match, Template, pow2, vendor_math)
 from kevolve.synth.offline.trace import Graph, Node, Ref, trace
 
 MATMUL_OPS = {"mm": 2, "addmm": 2, "bmm": 3, "baddbmm": 3}
@@ -140,7 +140,7 @@ class MatmulTemplate(Template):
         d: MatmulDetail = match.detail
         sm = target.sm_count
         base = {"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 64, "GROUP_M": 8, "SPLIT_K": 1, "num_warps": 8,
-                "num_stages": 3, "persistent": False, "programs_per_sm": 1, "sm_count": sm}
+                "num_stages": 3, "persistent": False, "programs_per_sm": 1, "sm_count": sm, **vendor_math(target)}
         if d.dtype == "float32":
             base["dot_precision"] = "ieee"
         if has_tma(target) and not d.batched:
@@ -228,7 +228,7 @@ class MatmulTemplate(Template):
         if not config["persistent"]:  # one tile per program: no tile loop around the k loop
             head = body.index("    for tile in tl.range(pid, per_batch * BATCH, NPROG):")
             body = body[:head] + ["    tile = pid"] + [l[4:] for l in body[head + 1:]]
-        kernels = [helpers_source(em.lines),
+        kernels = [helpers_source(em.lines, config.get("libdevice", False)),
                    "@triton.jit\ndef _matmul_kernel(" + ", ".join(main_params + consts) + "):\n" + "\n".join(body)]
         if split:
             red_params = ["ws_ptr"] + leaf_params + ["out_ptr", "M", "N", "BATCH", "G1", "G2"] + stride_params + sizes

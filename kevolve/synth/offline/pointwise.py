@@ -25,7 +25,7 @@ from kevolve.synth.offline.expr import (CAST_OPS, FLOAT_OPS, BOOL_OPS, INT_OPS, 
                                         Emitter, Unsupported, Val, base_op, helpers_source, kind_of)
 from kevolve.synth.offline.module import Entry, launch, module_source, torch_dtype
 from kevolve.synth.offline.template import (BLOCK, EVICT, NUM_STAGES, NUM_WARPS, PERSISTENT, PROGRAMS_PER_SM,
-                                            Config, Match, Template, warps_for)
+                                            Config, Match, Template, vendor_math, warps_for)
 from kevolve.synth.offline.trace import Graph, Node, Ref, trace
 
 ELEMENTWISE = (set(FLOAT_OPS) | set(BOOL_OPS) | set(LOGIC_OPS) | INT_OPS
@@ -165,7 +165,7 @@ class PointwiseTemplate(Template):
     def seeds(self, match: Match, spec: OperatorSpec, target: HardwareTarget) -> list[dict]:
         sm = target.sm_count
         base = {"BLOCK": 1024, "num_warps": 4, "num_stages": 1, "persistent": False, "programs_per_sm": 4,
-                "evict": "none", "sm_count": sm}
+                "evict": "none", "sm_count": sm, **vendor_math(target)}
         if target.interpreter:
             return [dict(base, BLOCK=1024, num_warps=1), dict(base, BLOCK=256, num_warps=1, persistent=True,
                                                               programs_per_sm=2, evict="stream")]
@@ -270,7 +270,8 @@ class PointwiseTemplate(Template):
         kernel = ("@triton.jit\ndef _pointwise_kernel(" + ", ".join(params + consts) + "):\n"
                   + "\n".join(kernel_lines))
         wrapper = self._wrapper(entry, d, out, config, em.scalars)
-        return module_source(spec, entry, match.family, config, [helpers_source(em.lines), kernel], wrapper,
+        helpers = helpers_source(em.lines, config.get("libdevice", False))
+        return module_source(spec, entry, match.family, config, [helpers, kernel], wrapper,
                              helpers=[fr.HELPERS, EXTENT_HELPER])
 
     @staticmethod

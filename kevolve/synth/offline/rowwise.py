@@ -25,7 +25,7 @@ from kevolve.synth.offline.pointwise import EXTENT_HELPER, is_elementwise
 from kevolve.synth.offline.rowcode import Red, RowCode, RowDetail
 from kevolve.synth.offline.template import (BLOCK_M, BLOCK_N, EVICT, NUM_STAGES, NUM_WARPS, PERSISTENT,
                                             PROGRAMS_PER_SM, Config, Knob, Match, Template, next_pow2,
-                                            sizes_at, tuned_dims, warps_for)
+                                            sizes_at, tuned_dims, vendor_math, warps_for)
 from kevolve.synth.offline.trace import Graph, Node, Ref, trace
 
 REDUCE_KIND = {"sum": "sum", "prims.sum": "sum", "amax": "max", "prims.amax": "max", "amin": "min",
@@ -198,7 +198,7 @@ class RowwiseTemplate(Template):
         rows = max(1, _prod(sizes) // max(1, n))
         sm = target.sm_count
         base = {"variant": "whole_row", "BLOCK_M": 1, "BLOCK_N": 1024, "num_warps": 4, "num_stages": 1,
-                "persistent": False, "programs_per_sm": 4, "evict": "none", "sm_count": sm}
+                "persistent": False, "programs_per_sm": 4, "evict": "none", "sm_count": sm, **vendor_math(target)}
         if d.pairs:
             base["online"] = True
         row = next_pow2(n)
@@ -259,8 +259,9 @@ class RowwiseTemplate(Template):
         sources = [f"@triton.jit\ndef {name}(" + ", ".join(params + consts) + "):\n" + "\n".join(body)
                    for name, body in zip(names, kernels)]
         wrapper = self._wrapper(entry, d, config, code, graph)
-        return module_source(spec, entry, match.family, config,
-                             [helpers_source(code.helper_lines)] + sources, wrapper, helpers=[fr.HELPERS, EXTENT_HELPER])
+        helpers = helpers_source(code.helper_lines, config.get("libdevice", False))
+        return module_source(spec, entry, match.family, config, [helpers] + sources, wrapper,
+                             helpers=[fr.HELPERS, EXTENT_HELPER])
 
     @staticmethod
     def _params(code: RowCode) -> list[str]:

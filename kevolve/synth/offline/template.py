@@ -96,6 +96,12 @@ def check_common(config: Config, target: HardwareTarget) -> str | None:
     return None
 
 
+def vendor_math(target: HardwareTarget) -> dict[str, bool]:
+    """The config entry that lets a kernel's math helpers call the vendor's libdevice (NVIDIA's,
+    or AMD's through the same Triton module); not under the interpreter, which has none."""
+    return {"libdevice": not target.interpreter and target.vendor in ("nvidia", "amd")}
+
+
 def tuned_dims(spec: OperatorSpec, target: HardwareTarget) -> Mapping[str, int]:
     return spec.shapes_for(target.interpreter)[0]
 
