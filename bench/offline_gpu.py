@@ -7,8 +7,9 @@ tuned shape and timed beside eager PyTorch and torch.compile (default, max-autot
     python3 bench/offline_gpu.py --merge $OUT/offline_gpu-1of2.json $OUT/offline_gpu-2of2.json
     python3 bench/offline_gpu.py --specs softmax,layernorm --budget-s 30
 
-Needs torch, triton, numpy and pyyaml (not prefect or chromadb) and no harness: correctness is
-checked here with the spec's runtime and compare(). Timing: triton.testing.do_bench medians
+Needs torch, triton, numpy and pyyaml (not prefect or chromadb) and no harness worker: correctness
+is checked here with the spec's runtime and compare(), after the harness's static checks (a
+candidate they reject is reported as rejected, as the search would see it). Timing: triton.testing.do_bench medians
 (L2 flushed before every repeat), the same inputs and method for every contender. Ceilings (copy
 bandwidth, bf16 matmul rate) are measured in the same run. Writes offline_gpu[-PART].json and
 .md under $OUT (default bench/results). `--interpreter` runs the same pipeline on the CPU under
@@ -89,6 +90,10 @@ def main() -> int:
         print(json.dumps({k: v for k, v in result.items() if k not in ("failures", "trail")}), flush=True)
         write(out, f"offline_gpu{'' if n == 1 else f'-{k}of{n}'}", run)
     return 0
+
+
+class Rejected(Exception):
+    """The harness's static checks turned a candidate away."""
 
 
 class DeviceLost(RuntimeError):
@@ -232,6 +237,7 @@ def bench_spec(spec, device: str, ceilings: dict, args) -> dict:
 
     from kevolve.candidate import Candidate
     from kevolve.evaluate.result import Diagnosis
+    from kevolve.evaluate.static_checks import rejection_reason, static_checks
     from kevolve.hardware.calibrate import Ceilings
     from kevolve.hardware.detect import detect_target
     from kevolve.hardware.target import load_target
@@ -306,7 +312,10 @@ def bench_spec(spec, device: str, ceilings: dict, args) -> dict:
         entry = {"config": dict(c.origin.config), "transforms": [str(t) for t in c.origin.transforms],
                  "note": c.origin.note}
         time_ms, outcome, error = None, "wrong", ""
+        rejected = rejection_reason(static_checks(c.code, spec.entry_point))
         try:
+            if rejected:  # the search's harness would not run it: neither does the bench
+                raise Rejected(rejected)
             fn = runtime.candidate(load_candidate(c.code, folder, len(evaluated)), dims, device)
             got = as_outputs(fn(*clone_all(xs)))[0]
             cmp = compare(got, exact, tol) if got.dtype == expected.dtype else None
@@ -314,6 +323,8 @@ def bench_spec(spec, device: str, ceilings: dict, args) -> dict:
                 time_ms, outcome = bench(lambda: fn(*xs)), "correct"
             else:
                 error = cmp.reason if cmp is not None else f"dtype {got.dtype}, expected {expected.dtype}"
+        except Rejected as exc:
+            outcome, error = "rejected", str(exc)
         except Exception as exc:
             outcome, error = "crashed", f"{type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}"
             if device == "cuda" and ("CUDA error" in str(exc) or "illegal" in str(exc).lower()):
