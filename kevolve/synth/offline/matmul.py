@@ -140,7 +140,8 @@ class MatmulTemplate(Template):
         d: MatmulDetail = match.detail
         sm = target.sm_count
         base = {"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 64, "GROUP_M": 8, "SPLIT_K": 1, "num_warps": 8,
-                "num_stages": 3, "persistent": False, "programs_per_sm": 1, "sm_count": sm, **vendor_math(target)}
+                "num_stages": 3, "persistent": False, "programs_per_sm": 1, "sm_count": sm,
+                **vendor_math(target)}
         if d.dtype == "float32":
             base["dot_precision"] = "ieee"
         if has_tma(target) and not d.batched:
@@ -215,9 +216,8 @@ class MatmulTemplate(Template):
         tma = bool(config.get("tma"))
         if tma:
             consts += ["TMA: tl.constexpr", "A_T: tl.constexpr", "B_T: tl.constexpr"]
-        main_params = ["a_ptr", "b_ptr"] + (["a_desc", "b_desc"] if tma else []) + ([] if split else leaf_params) + ["out_ptr", "M", "N", "K", "BATCH",
-                                                                               "sa_b", "sa_m", "sa_k", "sb_b", "sb_k",
-                                                                               "sb_n"]
+        main_params = (["a_ptr", "b_ptr"] + (["a_desc", "b_desc"] if tma else []) + ([] if split else leaf_params)
+                       + ["out_ptr", "M", "N", "K", "BATCH", "sa_b", "sa_m", "sa_k", "sb_b", "sb_k", "sb_n"])
         main_params += ([] if split else ["G1", "G2"] + stride_params + sizes) + ["NPROG"]
         body = self._main_body(config, d, tma)
         if split:
