@@ -377,3 +377,19 @@ def test_log1p_calls_libdevice_on_gpus_and_a_portable_formula_under_the_interpre
     cpu = seeds(spec)[0]
     assert not cpu.origin.config["libdevice"] and "libdevice" not in cpu.code.replace('"libdevice": false', "")
     assert problems(spec, cpu.code) == []
+
+
+def test_a_broadcast_input_rotated_half_walks_the_tile(tmp_path):
+    # x [S, D] under a table [B, S, D]: x repeats along the flat output but its rotate-half partner
+    # is read through the tile's column shuffle, not at offs +- HALF.
+    spec = write_spec(tmp_path, "rope_shared", """
+        import torch
+        def rope_shared(x, cos):
+            half = x.shape[-1] // 2
+            return torch.cat((-x[..., half:], x[..., :half]), dim=-1) * cos
+        """, ["{name: x, shape: [S, D], dtype: fp32, dist: {kind: normal}}",
+              "{name: cos, shape: [B, S, D], dtype: fp32, dist: {kind: normal}}"], ["{B: 3, S: 5, D: 8}"])
+    found = match_family(spec)
+    assert found.family == "rotary" and not found.match.detail.broadcast_flat
+    for candidate in seeds(spec, n=2):
+        assert problems(spec, candidate.code) == [], candidate.origin.config

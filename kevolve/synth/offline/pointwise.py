@@ -111,7 +111,7 @@ class PointwiseDetail:
         bias, a scalar; read at offs % C) or the output's trailing dims (read at offs % P). The
         kernel still walks the output flat; a rotate-half reads x at offs +- HALF."""
         rank = len(self.frame)
-        return not self.flat and all(l.dense or l.row_free(rank) or l.trailing_from is not None
+        return not self.flat and all(l.dense or (not l.rotate and (l.row_free(rank) or l.trailing_from is not None))
                                      for l in self.leaves)
 
 
