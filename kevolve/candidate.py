@@ -6,6 +6,7 @@ from __future__ import annotations
 import ast
 import hashlib
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any, Mapping
 
 from kevolve.syntax import parse_source
@@ -54,16 +55,12 @@ class Candidate:
     origin: Origin
     language: str = "triton"
 
-    @property
+    @cached_property  # kept in the instance's dict, not a field: never compared, not copied by replace()
     def code_hash(self) -> str:
         """Made once per candidate: normalising a kernel's source takes milliseconds (parse and
         unparse), holding the interpreter, and the loop, the store and every fanned-out evaluation
         task (its run name, its cache key) ask for it."""
-        made = self.__dict__.get("_code_hash")
-        if made is None:
-            made = code_hash(self.code)
-            object.__setattr__(self, "_code_hash", made)  # frozen: not a field, never compared
-        return made
+        return code_hash(self.code)
 
 
 def normalise_code(code: str) -> str:

@@ -29,7 +29,8 @@ ALLOWED_IMPORTS = frozenset({
     "triton.language.extra.cuda.libdevice", "triton.tools.tensor_descriptor", "math", "functools", "typing",
     "__future__",
 })
-FREE_MODULES = ("math", "functools", "typing", "__future__", "triton.language")
+FREE_MODULES = ("math", "functools", "typing", "__future__", "triton.language",
+                "triton.tools.tensor_descriptor")  # TMA descriptors, made on the host
 
 _DTYPES = {"float32", "float16", "bfloat16", "float64", "float", "half", "double", "int64", "int32",
            "int16", "int8", "uint8", "bool", "long", "int", "short", "float8_e4m3fn", "float8_e5m2"}
@@ -156,8 +157,6 @@ def allowed_path(path: str) -> bool:
     if any(path == m or path.startswith(m + ".") for m in FREE_MODULES):
         return True
     if parts[0] == "triton":
-        if parts[:3] == ["triton", "tools", "tensor_descriptor"]:  # TMA descriptors, made on the host
-            return True
         return len(parts) == 1 or parts[1] in TRITON_ALLOWED
     if parts[0] != "torch":
         return False

@@ -114,6 +114,26 @@ class PointwiseDetail:
         return not self.flat and all(l.dense or (not l.rotate and (l.row_free(rank) or l.trailing_from is not None))
                                      for l in self.leaves)
 
+    @property
+    def rotary(self) -> bool:
+        return any(l.rotate for l in self.leaves)
+
+    @property
+    def by_column(self) -> list[Leaf]:
+        """Broadcast inputs indexed by the column alone (biases, scalars)."""
+        return [l for l in self.leaves if not l.dense and l.row_free(len(self.frame))]
+
+    @property
+    def tables(self) -> list[Leaf]:
+        """In the flat walk, broadcast inputs that are the output's trailing dims (read at offs % P)."""
+        if not self.broadcast_flat:
+            return []
+        return [l for l in self.leaves if not l.dense and not l.row_free(len(self.frame))]
+
+    def tag(self, leaf: Leaf) -> str:
+        """The leaf's name in the kernel: l0, l1, ... in the order the graph reads them."""
+        return f"l{self.leaves.index(leaf)}"
+
 
 def collect_leaves(graph: Graph, output: str, frame: tuple[str, ...]) -> tuple[Leaf, ...]:
     """The inputs an elementwise graph reads and where they sit in the frame (a dry run)."""
@@ -195,12 +215,11 @@ class PointwiseTemplate(Template):
         out = graph.node(d.output)
         rank = len(d.frame)
         flat, broadcast_flat = d.flat, d.broadcast_flat
-        tags = {(l.node, l.emb, l.rotate): f"l{i}" for i, l in enumerate(d.leaves)}
         stream = config["evict"] == "stream"
 
         def load(node: Node, emb, rotate: bool = False) -> Val:
             leaf = next(l for l in d.leaves if (l.node, l.emb, l.rotate) == (node.name, tuple(emb), rotate))
-            tag = tags[(leaf.node, leaf.emb, leaf.rotate)]
+            tag = d.tag(leaf)
             other = "0.0" if leaf.kind == "f" else "0"
             cols = "rot_cols" if rotate else "cols"
             if leaf.dense and not rotate:
@@ -239,30 +258,29 @@ class PointwiseTemplate(Template):
         em = Emitter(graph, load, special)
         result = em.gen(d.output, fr.identity(rank))
         generic = [l for l in d.leaves if not l.dense]
-        rotary = any(l.rotate for l in d.leaves)
+        rotary, by_cols = d.rotary, d.by_column
         by_rows = any(not l.row_free(rank) for l in generic)
-        by_cols = [l for l in generic if l.row_free(rank)]
         body = self._kernel_body(flat or broadcast_flat, by_rows, config["persistent"], rotary)
         if broadcast_flat and (by_cols or rotary):
             body.append(("        " if config["persistent"] else "    ") + "cols = offs % C")
         store_val = result.expr if result.kind != "b" else f"{result.expr}.to(tl.int8)"
         store = f"tl.store(out_ptr + offs, {store_val}.to(out_ptr.dtype.element_ty), mask=mask)"
         ind = "        " if config["persistent"] else "    "
-        params = [f"{tags[(l.node, l.emb, l.rotate)]}_ptr" for l in d.leaves] + ["out_ptr"]
+        params = [f"{d.tag(l)}_ptr" for l in d.leaves] + ["out_ptr"]
         if flat:
             params += ["N"]
         elif broadcast_flat:
-            params += ["N"] + [f"{tags[(l.node, l.emb, l.rotate)]}_sc" for l in by_cols]
+            params += ["N"] + [f"{d.tag(l)}_sc" for l in by_cols]
         else:
             params += ["R", "C", "G1", "G2"] + [
-                p for l in generic for p in fr.leaf_stride_params(tags[(l.node, l.emb, l.rotate)])]
+                p for l in generic for p in fr.leaf_stride_params(d.tag(l))]
         params += list(em.scalars.values()) + (["HALF"] if rotary and not broadcast_flat else []) + ["NPROG"]
         if flat:
             consts = ["BLOCK: tl.constexpr"]
         elif broadcast_flat:
             consts = (["BLOCK: tl.constexpr"] + (["C: tl.constexpr"] if by_cols or rotary else [])
                       + (["HALF: tl.constexpr"] if rotary else [])
-                      + [f"{tags[(l.node, l.emb, l.rotate)]}_P: tl.constexpr" for l in generic if l not in by_cols])
+                      + [f"{d.tag(l)}_P: tl.constexpr" for l in d.tables])
         else:
             consts = ["BLOCK_R: tl.constexpr", "BLOCK_C: tl.constexpr"]
         consts.append("IDX64: tl.constexpr")
@@ -308,8 +326,7 @@ class PointwiseTemplate(Template):
     def _wrapper(entry: Entry, d: PointwiseDetail, out: Node, config: Config, scalars) -> list[str]:
         rank = len(d.frame)
         lines = []
-        trailing = [l for l in d.leaves if not l.dense and not l.row_free(rank)] if d.broadcast_flat else []
-        for name in sorted({l.node for l in d.leaves if l.dense} | {l.node for l in trailing}):
+        for name in sorted({l.node for l in d.leaves if l.dense} | {l.node for l in d.tables}):
             v = entry.var(name)
             lines.append(f"{v} = {v}.contiguous()")
         leaf_list = ", ".join(f"({entry.var(l.node)}, {l.emb!r})" for l in d.leaves)
@@ -320,22 +337,20 @@ class PointwiseTemplate(Template):
         tensors = ", ".join(entry.var(l.node) for l in d.leaves)
         lines.append(f"_idx64 = max(_extent(t) for t in ({tensors}, _out)) >= 2 ** 31")
         sizes = [entry.size(n) for n in scalars]
-        rotary = any(l.rotate for l in d.leaves)
         if d.flat or d.broadcast_flat:
             lines.append("_n = _out.numel()")
             lines.append(f"_tiles = triton.cdiv(_n, {config['BLOCK']})")
             shape_args, consts = ["_n"], {"BLOCK": config["BLOCK"], "IDX64": "_idx64"}
-            by_cols = [l for l in d.leaves if not l.dense and l.row_free(rank)]
             # each bias's stride along the last dim; C, HALF and each table's period compiled in
-            shape_args += [f"_frame_strides({entry.var(l.node)}, {l.emb!r}, {rank})[{rank - 1}]" for l in by_cols]
-            if by_cols or rotary:
+            shape_args += [f"_frame_strides({entry.var(l.node)}, {l.emb!r}, {rank})[{rank - 1}]"
+                           for l in d.by_column]
+            if d.by_column or d.rotary:
                 consts["C"] = "_shape[-1]"
-            if rotary:
+            if d.rotary:
                 lines.append("if _shape[-1] % 2:\n    raise ValueError('a rotate-half needs an even last dim')")
                 consts["HALF"] = "_shape[-1] // 2"
-            tags = {(l.node, l.emb, l.rotate): f"l{i}" for i, l in enumerate(d.leaves)}
-            for l in trailing:
-                consts[f"{tags[(l.node, l.emb, l.rotate)]}_P"] = " * ".join(
+            for l in d.tables:
+                consts[f"{d.tag(l)}_P"] = " * ".join(
                     f"_shape[{i}]" for i in range(l.trailing_from, rank))
         else:
             generic = [l for l in d.leaves if not l.dense]
@@ -346,7 +361,7 @@ class PointwiseTemplate(Template):
             lines.append("_tiles = triton.cdiv(_R, _block_r) * triton.cdiv(_C, _block_c)")
             shape_args = ["_R", "_C", "_G1", "_G2"] + [f"*_st[{i}]" for i in range(len(generic))]
             consts = {"BLOCK_R": "_block_r", "BLOCK_C": "_block_c", "IDX64": "_idx64"}
-            if any(l.rotate for l in d.leaves):
+            if d.rotary:
                 lines.append("if _C % 2:\n    raise ValueError('a rotate-half needs an even last dim')")
                 sizes.append("_C // 2")
         if config["persistent"]:
