@@ -12,8 +12,10 @@ from kevolve.hardware.target import load_target
 from kevolve.knowledge.types import Skill
 from kevolve.specs import load_spec
 from kevolve.synth.base import Attempt, SynthesisError, SynthesisRequest
-from kevolve.synth.offline import OfflineSynthesizer, apply, config_key, render, template_for, transforms_for
-from offline_support import problems
+from kevolve.specs.runtime import OperatorRuntime
+from kevolve.synth.offline import (OfflineSynthesizer, apply, config_key, match_family, render, template_for,
+                                   transforms_for)
+from offline_support import load_module, problems
 
 INTERPRETER = load_target("cpu-interpreter")
 H100 = load_target("h100-sxm")
@@ -260,9 +262,6 @@ TMA_PROBLEMS = {  # KernelBench-style; every operand row on 16 bytes, so TMA rea
 
 @pytest.mark.parametrize("name", sorted(TMA_PROBLEMS))
 def test_matmul_by_tma_reads_transposed_operands_and_falls_back_to_pointers(tmp_path, name):
-    from offline_support import load_module
-    from kevolve.specs.runtime import OperatorRuntime
-
     init, args, body, inputs = TMA_PROBLEMS[name]
     (tmp_path / f"{name}.py").write_text(
         "import torch\nimport torch.nn as nn\n\n\nclass Model(nn.Module):\n    def __init__(self):\n"
@@ -287,3 +286,47 @@ def test_matmul_by_tma_reads_transposed_operands_and_falls_back_to_pointers(tmp_
     assert read_by == ([False, True] if name == "linear_relu" else [True, False])
     odd = module._tma_operand(torch.rand(5, 7), (16, 16))  # rows of 28 bytes: pointers instead
     assert odd == (None, False)
+
+
+def _launches(module, kernel: str) -> list[dict]:
+    """Record the compile-time arguments of each launch of a module's kernel."""
+    seen, jit = [], getattr(module, kernel)
+
+    class Spy:
+        def __getitem__(self, grid):
+            def launch(*args, **kwargs):
+                seen.append(kwargs)
+                return jit[grid](*args, **kwargs)
+            return launch
+
+    setattr(module, kernel, Spy())
+    return seen
+
+
+@pytest.mark.parametrize("name, kernel, even, uneven", [
+    ("gelu_tanh", "_pointwise_kernel", {"M": 4, "N": 256}, {"M": 3, "N": 100}),
+    ("rotary_embedding", "_pointwise_kernel", {"B": 1, "H": 2, "S": 8, "D": 64}, {"B": 1, "H": 1, "S": 3, "D": 6}),
+    ("rmsnorm", "_rowwise_whole_row", {"M": 32, "N": 256}, {"M": 5, "N": 97}),
+    ("softmax", "_rowwise_whole_row", {"M": 32, "N": 128}, {"M": 3, "N": 100}),
+])
+def test_unmasked_tiles_drop_the_masks_only_where_the_tiles_divide_the_shape(name, kernel, even, uneven):
+    spec = load_spec(SPEC_DIR / f"{name}.yaml")
+    request = SynthesisRequest(spec=spec, target=INTERPRETER, ceilings=datasheet_ceilings(INTERPRETER))
+    config = dict(OfflineSynthesizer().propose(request)[0].origin.config, unmasked=True)
+    if "BLOCK" in config:
+        config["BLOCK"] = 256
+    family = match_family(spec).family
+    code = render(spec, family, config)
+    assert problems(spec, code, [even, uneven]) == []
+    runtime = OperatorRuntime(spec)
+    for dims, want in ((even, True), (uneven, False)):
+        module = load_module(code)
+        launches = _launches(module, kernel)
+        runtime.candidate(module, dims)(*runtime.inputs(dims, 1))
+        assert [kw["EVEN"] for kw in launches] == [want], dims
+    masked = render(spec, family, dict(config, unmasked=False))
+    module = load_module(masked)
+    launches = _launches(module, kernel)
+    runtime.candidate(module, even)(*runtime.inputs(even, 1))
+    assert [kw["EVEN"] for kw in launches] == [False]
+

@@ -25,7 +25,7 @@ from kevolve.synth.offline.expr import (CAST_OPS, FLOAT_OPS, BOOL_OPS, INT_OPS, 
                                         Emitter, Unsupported, Val, base_op, helpers_source, kind_of)
 from kevolve.synth.offline.module import Entry, launch, module_source, torch_dtype
 from kevolve.synth.offline.template import (BLOCK, EVICT, NUM_STAGES, NUM_WARPS, PERSISTENT, PROGRAMS_PER_SM,
-                                            Config, Match, Template, vendor_math, warps_for)
+                                            UNMASKED, Config, Match, Template, vendor_math, warps_for)
 from kevolve.synth.offline.trace import Graph, Node, Ref, trace
 
 ELEMENTWISE = (set(FLOAT_OPS) | set(BOOL_OPS) | set(LOGIC_OPS) | INT_OPS
@@ -161,7 +161,7 @@ def collect_leaves(graph: Graph, output: str, frame: tuple[str, ...]) -> tuple[L
 
 class PointwiseTemplate(Template):
     families = ("pointwise", "rotary")
-    knobs = (BLOCK, NUM_WARPS, NUM_STAGES, PERSISTENT, PROGRAMS_PER_SM, EVICT)
+    knobs = (BLOCK, NUM_WARPS, NUM_STAGES, PERSISTENT, PROGRAMS_PER_SM, EVICT, UNMASKED)
 
     def match(self, graph: Graph, spec: OperatorSpec) -> Match | None:
         rotations = {n.name for n in graph.nodes if rotate_half_source(graph, n)}
@@ -185,10 +185,10 @@ class PointwiseTemplate(Template):
     def seeds(self, match: Match, spec: OperatorSpec, target: HardwareTarget) -> list[dict]:
         sm = target.sm_count
         base = {"BLOCK": 1024, "num_warps": 4, "num_stages": 1, "persistent": False, "programs_per_sm": 4,
-                "evict": "none", "sm_count": sm, **vendor_math(target)}
+                "evict": "none", "unmasked": True, "sm_count": sm, **vendor_math(target)}
         if target.interpreter:
             return [dict(base, BLOCK=1024, num_warps=1), dict(base, BLOCK=256, num_warps=1, persistent=True,
-                                                              programs_per_sm=2, evict="stream")]
+                                                              programs_per_sm=2, evict="stream", unmasked=False)]
         # The first guess gives each thread two 16-byte vectors of its narrowest input: with 8 bf16
         # elements a thread, bias_gelu_residual ran 5% slower on an H200 than with 16.
         vectors = max(4, 32 // min(_item_bytes(i.dtype) for i in spec.inputs))
@@ -283,7 +283,7 @@ class PointwiseTemplate(Template):
                       + [f"{d.tag(l)}_P: tl.constexpr" for l in d.tables])
         else:
             consts = ["BLOCK_R: tl.constexpr", "BLOCK_C: tl.constexpr"]
-        consts.append("IDX64: tl.constexpr")
+        consts += ["EVEN: tl.constexpr", "IDX64: tl.constexpr"]
         kernel_lines = body + [ind + line for line in em.lines] + [ind + store]
         kernel = ("@triton.jit\ndef _pointwise_kernel(" + ", ".join(params + consts) + "):\n"
                   + "\n".join(kernel_lines))
@@ -309,12 +309,15 @@ class PointwiseTemplate(Template):
         if flat:
             lines += [f"{ind}if IDX64:", f"{ind}    start = tile.to(tl.int64) * BLOCK", f"{ind}else:",
                       f"{ind}    start = tile * BLOCK",
-                      f"{ind}offs = start + tl.arange(0, BLOCK)", f"{ind}mask = offs < N"]
+                      f"{ind}offs = start + tl.arange(0, BLOCK)",
+                      f"{ind}if EVEN:", f"{ind}    mask = tl.full([BLOCK], 1, tl.int1)",
+                      f"{ind}else:", f"{ind}    mask = offs < N"]
             return lines
         lines += [f"{ind}rows = (tile // n_col_blocks) * BLOCK_R + tl.arange(0, BLOCK_R)",
                   f"{ind}cols = (tile % n_col_blocks) * BLOCK_C + tl.arange(0, BLOCK_C)",
                   f"{ind}if IDX64:", f"{ind}    rows = rows.to(tl.int64)",
-                  f"{ind}mask = (rows[:, None] < R) & (cols[None, :] < C)",
+                  f"{ind}if EVEN:", f"{ind}    mask = tl.full([BLOCK_R, BLOCK_C], 1, tl.int1)",
+                  f"{ind}else:", f"{ind}    mask = (rows[:, None] < R) & (cols[None, :] < C)",
                   f"{ind}offs = rows[:, None] * C + cols[None, :]"]
         if generic:
             lines += fr.row_decomposition("rows", ind)
@@ -340,6 +343,7 @@ class PointwiseTemplate(Template):
         if d.flat or d.broadcast_flat:
             lines.append("_n = _out.numel()")
             lines.append(f"_tiles = triton.cdiv(_n, {config['BLOCK']})")
+            even = f"_n % {config['BLOCK']} == 0"
             shape_args, consts = ["_n"], {"BLOCK": config["BLOCK"], "IDX64": "_idx64"}
             # each bias's stride along the last dim; C, HALF and each table's period compiled in
             shape_args += [f"_frame_strides({entry.var(l.node)}, {l.emb!r}, {rank})[{rank - 1}]"
@@ -360,10 +364,12 @@ class PointwiseTemplate(Template):
             lines.append(f"_block_r = max(1, {config['BLOCK']} // _block_c)")
             lines.append("_tiles = triton.cdiv(_R, _block_r) * triton.cdiv(_C, _block_c)")
             shape_args = ["_R", "_C", "_G1", "_G2"] + [f"*_st[{i}]" for i in range(len(generic))]
+            even = "_R % _block_r == 0 and _C % _block_c == 0"
             consts = {"BLOCK_R": "_block_r", "BLOCK_C": "_block_c", "IDX64": "_idx64"}
             if d.rotary:
                 lines.append("if _C % 2:\n    raise ValueError('a rotate-half needs an even last dim')")
                 sizes.append("_C // 2")
+        consts["EVEN"] = even if config.get("unmasked") else "False"
         if config["persistent"]:
             lines.append(f"_grid = min(_tiles, {config['sm_count'] * config['programs_per_sm']})")
         else:

@@ -141,7 +141,10 @@ class RowCode:
     # Whole row --------------------------------------------------------------------------------
     def whole_row(self) -> list[str]:
         lines, ind = self.prologue(self.config["persistent"])
-        lines += [f"{ind}cols = tl.arange(0, BLOCK_N)", f"{ind}cmask = cols < N",
+        lines += [f"{ind}cols = tl.arange(0, BLOCK_N)",
+                  f"{ind}if EVEN:  # the rows fill whole tiles: no bounds to check",
+                  f"{ind}    rmask = tl.full([BLOCK_M], 1, tl.int1)", f"{ind}    cmask = tl.full([BLOCK_N], 1, tl.int1)",
+                  f"{ind}else:", f"{ind}    cmask = cols < N",
                   f"{ind}mask = rmask[:, None] & cmask[None, :]"]
         results: dict[str, Val] = {}
 

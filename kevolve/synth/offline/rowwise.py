@@ -24,7 +24,7 @@ from kevolve.synth.offline.module import Entry, launch, module_source, torch_dty
 from kevolve.synth.offline.pointwise import EXTENT_HELPER, is_elementwise
 from kevolve.synth.offline.rowcode import Red, RowCode, RowDetail
 from kevolve.synth.offline.template import (BLOCK_M, BLOCK_N, EVICT, NUM_STAGES, NUM_WARPS, PERSISTENT,
-                                            PROGRAMS_PER_SM, Config, Knob, Match, Template, next_pow2,
+                                            PROGRAMS_PER_SM, UNMASKED, Config, Knob, Match, Template, next_pow2,
                                             sizes_at, tuned_dims, vendor_math, warps_for)
 from kevolve.synth.offline.trace import Graph, Node, Ref, trace
 
@@ -111,7 +111,8 @@ def _levels(graph: Graph, reds: dict[str, Red]) -> dict[str, int]:
 
 class RowwiseTemplate(Template):
     families = ("softmax", "normalization", "reduction")
-    knobs = (VARIANT, BLOCK_M, BLOCK_N, NUM_WARPS, NUM_STAGES, ONLINE, PERSISTENT, PROGRAMS_PER_SM, EVICT)
+    knobs = (VARIANT, BLOCK_M, BLOCK_N, NUM_WARPS, NUM_STAGES, ONLINE, PERSISTENT, PROGRAMS_PER_SM, EVICT,
+             UNMASKED)
 
     def match(self, graph: Graph, spec: OperatorSpec) -> Match | None:
         found, aliases = [], {}
@@ -198,7 +199,8 @@ class RowwiseTemplate(Template):
         rows = max(1, _prod(sizes) // max(1, n))
         sm = target.sm_count
         base = {"variant": "whole_row", "BLOCK_M": 1, "BLOCK_N": 1024, "num_warps": 4, "num_stages": 1,
-                "persistent": False, "programs_per_sm": 4, "evict": "none", "sm_count": sm, **vendor_math(target)}
+                "persistent": False, "programs_per_sm": 4, "evict": "none", "unmasked": True, "sm_count": sm,
+                **vendor_math(target)}
         if d.pairs:
             base["online"] = True
         row = next_pow2(n)
@@ -222,6 +224,8 @@ class RowwiseTemplate(Template):
         inert = super().inert(config)
         if config["variant"] == "whole_row":  # the tile is the row; BLOCK_N only sizes the fallback
             inert |= {"BLOCK_N", "online"}
+        else:  # the looped kernel keeps its masks
+            inert |= {"unmasked"}
         return inert
 
     def check(self, config: Config, match: Match, target: HardwareTarget, spec: OperatorSpec) -> str | None:
@@ -255,7 +259,7 @@ class RowwiseTemplate(Template):
             names.append(f"_rowwise_{variant}")
             kernels.append(body)
         params = self._params(code)
-        consts = ["BLOCK_M: tl.constexpr", "BLOCK_N: tl.constexpr", "IDX64: tl.constexpr"]
+        consts = ["BLOCK_M: tl.constexpr", "BLOCK_N: tl.constexpr", "EVEN: tl.constexpr", "IDX64: tl.constexpr"]
         sources = [f"@triton.jit\ndef {name}(" + ", ".join(params + consts) + "):\n" + "\n".join(body)
                    for name, body in zip(names, kernels)]
         wrapper = self._wrapper(entry, d, config, code, graph)
@@ -303,14 +307,16 @@ class RowwiseTemplate(Template):
 
         looped = grid_lines(str(config["BLOCK_M"])) + launch(
             "_rowwise_looped", "(_grid,)", args, {"BLOCK_M": config["BLOCK_M"], "BLOCK_N": config["BLOCK_N"],
-                                                 "IDX64": "_idx64"}, config["num_warps"], config["num_stages"])
+                                                 "EVEN": False, "IDX64": "_idx64"},
+            config["num_warps"], config["num_stages"])
         if config["variant"] == "looped":
             lines += looped
         else:
+            even = "_N == _bn and _R % _bm == 0" if config.get("unmasked") else "False"
             whole = (["_bn = triton.next_power_of_2(_N)", f"_bm = max(1, min({config['BLOCK_M']}, {TILE_MAX} // _bn))"]
                      + grid_lines("_bm")
                      + launch("_rowwise_whole_row", "(_grid,)", args, {"BLOCK_M": "_bm", "BLOCK_N": "_bn",
-                                                                       "IDX64": "_idx64"},
+                                                                       "EVEN": even, "IDX64": "_idx64"},
                               config["num_warps"], config["num_stages"]))
             lines.append(f"if _N <= {WHOLE_ROW_MAX}:")
             lines += ["    " + l for l in whole]

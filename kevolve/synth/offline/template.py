@@ -49,6 +49,8 @@ NUM_STAGES = Knob("num_stages", (1, 2, 3, 4, 5), "software-pipelining depth of l
 PERSISTENT = Knob("persistent", (False, True), "launch programs_per_sm x SMs programs that loop over tiles")
 PROGRAMS_PER_SM = Knob("programs_per_sm", (1, 2, 4, 8, 16), "resident programs per SM when persistent")
 EVICT = Knob("evict", ("none", "stream"), "streamed loads evict_first, reused loads evict_last")
+UNMASKED = Knob("unmasked", (False, True), "no bounds masks when the tiles divide the shape exactly (as a "
+                "static-shape compiler drops them); other shapes keep the masks")
 VEC = Knob("vec", (1, 2, 4, 8), "alignment promised to the compiler for gathered rows (vector width)")
 
 
