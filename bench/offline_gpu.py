@@ -223,6 +223,17 @@ def launch_hidden_ms(fn, target) -> float:
     return time_cuda(lambda: fn(), [()], trials=100, flush_bytes=flush).median_ms
 
 
+def head_to_head(contenders: dict, bench, rounds: int = 5) -> dict[str, float]:
+    """Each contender timed in turn, `rounds` times over, after the search: the baseline columns
+    were timed before it, and a drift of the GPU's clocks in between falls on one side only.
+    Here it falls on both alike. Medians of the rounds' medians."""
+    times: dict[str, list[float]] = {name: [] for name in contenders}
+    for _ in range(rounds):
+        for name, fn in contenders.items():
+            times[name].append(bench(fn))
+    return {name: statistics.median(ts) for name, ts in times.items()}
+
+
 def load_candidate(code: str, folder: Path, index: int):
     path = folder / f"candidate_{index}.py"  # triton reads kernels' source from a real file
     path.write_text(code)
@@ -264,12 +275,14 @@ def bench_spec(spec, device: str, ceilings: dict, args) -> dict:
     modes = [("compile_default", {})]
     if not args.no_max_autotune and not args.interpreter:
         modes.append(("compile_max_autotune", {"mode": "max-autotune-no-cudagraphs"}))
+    compiled_last = None  # the last mode compiled: still callable after the search (no reset since)
     for name, kw in modes if not args.interpreter else []:
         try:
             torch._dynamo.reset()
             t0 = time.perf_counter()
             compiled = torch.compile(lambda *a: ref(*a), dynamic=False, **kw)
             compiled(*xs)
+            compiled_last = (name, compiled)
             result["baselines_ms"][name] = bench(lambda: compiled(*xs))
             result[f"{name}_compile_s"] = round(time.perf_counter() - t0, 1)
             if device == "cuda":
@@ -375,6 +388,9 @@ def bench_spec(spec, device: str, ceilings: dict, args) -> dict:
         fn = runtime.candidate(load_candidate(code, folder, len(evaluated)), dims, device)
         result["best_kernels_us"] = kernel_times(lambda: fn(*xs))
         result.setdefault("launch_hidden_ms", {})["best"] = launch_hidden_ms(lambda: fn(*xs), target)
+        if compiled_last:
+            name, compiled = compiled_last
+            result["head_to_head_ms"] = head_to_head({"best": lambda: fn(*xs), name: lambda: compiled(*xs)}, bench)
     base = result["baselines_ms"]
     result.update(
         evaluations=len(evaluated), correct=len(correct), gpu_s=round(time.perf_counter() - start, 1),
@@ -407,19 +423,20 @@ def write(out: Path, stem: str, run: dict) -> int:
              "the time of a plain copy of the spec's least bytes (half read, half written) over best: a short "
              "kernel's ramp and tail included. Launch hidden: the best and max-autotune timed again as the "
              "search's harness times them (the GPU kept busy while the host launches the call), so the Python "
-             "launch path does not count. Kernels: the sum of the profiler's kernel times of one call, max-autotune's "
+             "launch path does not count. Head to head: the best and max-autotune timed by turns, five rounds "
+             "each, after the search (medians). Kernels: the sum of the profiler's kernel times of one call, max-autotune's "
              "over the best's (below), untouched by the host.", "",
              "| spec | family | eager ms | compile ms | max-autotune ms | best ms | vs max-autotune | "
-             "vs max-autotune, launch hidden | vs max-autotune, kernels | % floor | "
+             "vs max-autotune, head to head | vs max-autotune, launch hidden | vs max-autotune, kernels | % floor | "
              "% copy BW | % same-size copy | % gather | evals (correct) | GPU s | best config |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
 
     def ms(v):
         return f"{v:.4f}" if isinstance(v, (int, float)) else "-"
 
     for s in run["specs"]:
         if "error" in s:
-            lines.append(f"| {s['spec']} | error: {s['error'][:80]} |" + " |" * 14)
+            lines.append(f"| {s['spec']} | error: {s['error'][:80]} |" + " |" * 15)
             continue
         b = s["baselines_ms"]
         best = s.get("best_ms")
@@ -429,6 +446,9 @@ def write(out: Path, stem: str, run: dict) -> int:
         hidden = s.get("launch_hidden_ms", {})
         hidden_vs = (f"{hidden['compile_max_autotune'] / hidden['best']:.2f}x"
                      if {"compile_max_autotune", "best"} <= set(hidden) else "-")
+        duel = s.get("head_to_head_ms", {})
+        duel_vs = (f"{duel['compile_max_autotune'] / duel['best']:.2f}x"
+                   if {"compile_max_autotune", "best"} <= set(duel) else "-")
         theirs = sum(s.get("baseline_kernels_us", {}).get("compile_max_autotune", {}).values())
         ours = sum(s.get("best_kernels_us", {}).values())
         kernels_vs = f"{theirs / ours:.2f}x" if theirs and ours else "-"
@@ -438,7 +458,7 @@ def write(out: Path, stem: str, run: dict) -> int:
         gather = f"{100 * s['fraction_of_gather']:.0f}%" if s.get("fraction_of_gather") else "-"
         lines.append(
             f"| {s['spec']} | {s['family']} | {ms(b.get('eager'))} | {ms(b.get('compile_default'))} | "
-            f"{ms(b.get('compile_max_autotune'))} | {ms(best)} | {vs_best} | {hidden_vs} | {kernels_vs} | {floor} | {copy} | {same} | {gather} | "
+            f"{ms(b.get('compile_max_autotune'))} | {ms(best)} | {vs_best} | {duel_vs} | {hidden_vs} | {kernels_vs} | {floor} | {copy} | {same} | {gather} | "
             f"{s['evaluations']} ({s['correct']}) | {s['gpu_s']} | {cfg} |")
     lines += table("Gather ceiling (the rows an embedding bag reads, gathered with no reduction)",
                    ["spec", "rows read MB", "index_select ms (+ its write)", "best Triton gather ms", "GB/s",

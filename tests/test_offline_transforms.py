@@ -106,7 +106,7 @@ def test_render_refuses_the_wrong_family_and_missing_knobs():
 
 
 @pytest.mark.parametrize("bound, expect", [
-    ("memory", {"BLOCK_M", "evict", "persistent", "BLOCK_N", "online", "variant", "num_stages"}),
+    ("memory", {"BLOCK_M", "evict", "persistent", "BLOCK_N", "online", "variant", "num_stages", "static_n"}),
     ("occupancy", {"num_warps"}),
     ("launch", {"persistent"}),
 ])
@@ -303,18 +303,20 @@ def _launches(module, kernel: str) -> list[dict]:
     return seen
 
 
-@pytest.mark.parametrize("name, kernel, even, uneven", [
-    ("gelu_tanh", "_pointwise_kernel", {"M": 4, "N": 256}, {"M": 3, "N": 100}),
-    ("rotary_embedding", "_pointwise_kernel", {"B": 1, "H": 2, "S": 8, "D": 64}, {"B": 1, "H": 1, "S": 3, "D": 6}),
-    ("rmsnorm", "_rowwise_whole_row", {"M": 32, "N": 256}, {"M": 5, "N": 97}),
-    ("softmax", "_rowwise_whole_row", {"M": 32, "N": 128}, {"M": 3, "N": 100}),
+@pytest.mark.parametrize("name, kernel, even, uneven, knobs", [
+    ("gelu_tanh", "_pointwise_kernel", {"M": 4, "N": 256}, {"M": 3, "N": 100}, {"BLOCK": 256}),
+    ("rotary_embedding", "_pointwise_kernel", {"B": 1, "H": 2, "S": 8, "D": 64}, {"B": 1, "H": 1, "S": 3, "D": 6},
+     {"BLOCK": 256}),
+    ("rmsnorm", "_rowwise_whole_row", {"M": 32, "N": 256}, {"M": 5, "N": 97}, {}),
+    ("softmax", "_rowwise_whole_row", {"M": 32, "N": 128}, {"M": 3, "N": 100}, {"static_n": True}),
+    ("rmsnorm", "_rowwise_looped", {"M": 32, "N": 256}, {"M": 5, "N": 97},
+     {"variant": "looped", "BLOCK_N": 64, "BLOCK_M": 2, "static_n": True}),
+    ("layernorm", "_rowwise_looped", {"M": 6, "N": 128}, {"M": 6, "N": 100}, {"variant": "looped", "BLOCK_N": 32, "BLOCK_M": 2}),
 ])
-def test_unmasked_tiles_drop_the_masks_only_where_the_tiles_divide_the_shape(name, kernel, even, uneven):
+def test_unmasked_tiles_drop_the_masks_only_where_the_tiles_divide_the_shape(name, kernel, even, uneven, knobs):
     spec = load_spec(SPEC_DIR / f"{name}.yaml")
     request = SynthesisRequest(spec=spec, target=INTERPRETER, ceilings=datasheet_ceilings(INTERPRETER))
-    config = dict(OfflineSynthesizer().propose(request)[0].origin.config, unmasked=True)
-    if "BLOCK" in config:
-        config["BLOCK"] = 256
+    config = dict(OfflineSynthesizer().propose(request)[0].origin.config, unmasked=True, **knobs)
     family = match_family(spec).family
     code = render(spec, family, config)
     assert problems(spec, code, [even, uneven]) == []

@@ -67,12 +67,12 @@ class RowCode:
     def leaf(self, node: Node, emb) -> Leaf:
         return next(l for l in self.d.leaves if l.node == node.name and l.emb == tuple(emb))
 
-    def load(self, em: Emitter, node: Node, emb, row_scope: bool) -> Val:
+    def load(self, em: Emitter, node: Node, emb, row_scope: bool, last_read: bool = False) -> Val:
         leaf = self.leaf(node, emb)
         tag = self.tags[(leaf.node, leaf.emb)]
         other = "0.0" if leaf.kind == "f" else "0"
-        # A looped kernel reads each row again in its next pass: keep it in L2 then.
-        full_policy = "evict_last" if self.config["variant"] == "looped" else "evict_first"
+        # A looped kernel reads each row again in its next pass: keep it in L2 until the last.
+        full_policy = "evict_last" if self.config["variant"] == "looped" and not last_read else "evict_first"
         if not leaf.along_rows and not leaf.along_cols:
             ptr, mask, policy = f"{tag}_ptr", None, "evict_last"
         elif leaf.dense:
@@ -105,7 +105,9 @@ class RowCode:
         else:
             lines.append("    tile = pid")
             ind = "    "
-        lines += [f"{ind}rows = tile * BLOCK_M + tl.arange(0, BLOCK_M)", f"{ind}rmask = rows < R",
+        lines += [f"{ind}rows = tile * BLOCK_M + tl.arange(0, BLOCK_M)",
+                  f"{ind}if EVEN:  # the tiles divide the rows and the row length: no bounds to check",
+                  f"{ind}    rmask = tl.full([BLOCK_M], 1, tl.int1)", f"{ind}else:", f"{ind}    rmask = rows < R",
                   f"{ind}if IDX64:", f"{ind}    rows = rows.to(tl.int64)", f"{ind}row_base = rows * N"]
         generic = [l for l in self.d.leaves if not l.dense and l.along_rows]
         if generic or not self.dense_out():
@@ -116,6 +118,11 @@ class RowCode:
         if not self.dense_out() and self.d.out_full:
             lines.append(f"{ind}out_row = {fr.leaf_row_offset('out')}")
         return lines, ind
+
+    @staticmethod
+    def col_mask(ind: str) -> list[str]:
+        return [f"{ind}if EVEN:", f"{ind}    cmask = tl.full([BLOCK_N], 1, tl.int1)", f"{ind}else:",
+                f"{ind}    cmask = cols < N", f"{ind}mask = rmask[:, None] & cmask[None, :]"]
 
     def dense_out(self) -> bool:
         return self.d.trailing or not self.d.out_full
@@ -141,11 +148,7 @@ class RowCode:
     # Whole row --------------------------------------------------------------------------------
     def whole_row(self) -> list[str]:
         lines, ind = self.prologue(self.config["persistent"])
-        lines += [f"{ind}cols = tl.arange(0, BLOCK_N)",
-                  f"{ind}if EVEN:  # the rows fill whole tiles: no bounds to check",
-                  f"{ind}    rmask = tl.full([BLOCK_M], 1, tl.int1)", f"{ind}    cmask = tl.full([BLOCK_N], 1, tl.int1)",
-                  f"{ind}else:", f"{ind}    cmask = cols < N",
-                  f"{ind}mask = rmask[:, None] & cmask[None, :]"]
+        lines += [f"{ind}cols = tl.arange(0, BLOCK_N)"] + self.col_mask(ind)
         results: dict[str, Val] = {}
 
         def special(node: Node, emb):
@@ -201,7 +204,7 @@ class RowCode:
             return None
 
         loop = [f"{ind}for c0 in tl.range(0, N, BLOCK_N):", f"{ind}    cols = c0 + tl.arange(0, BLOCK_N)",
-                f"{ind}    cmask = cols < N", f"{ind}    mask = rmask[:, None] & cmask[None, :]"]
+                *self.col_mask(ind + "    ")]
         ident = fr.identity(len(self.d.frame))
         for p in range(1, max(levels.values()) + 1):
             reds = [r for r in self.d.reductions if levels[r.name] == p and r.name not in fused]
@@ -258,7 +261,7 @@ class RowCode:
                     results[sm] = Val(f"red_{sm}", "f")
         if self.d.out_full:
             em = self.emitter("o", chunk_special)
-            em.load = lambda n, e: self.load(em, n, e, row_scope=False)
+            em.load = lambda n, e: self.load(em, n, e, row_scope=False, last_read=True)
             before = len(row_em.lines)
             out = em.gen(self.d.output, self.d.out_emb)
             lines += [ind + l for l in row_em.lines[before:]]

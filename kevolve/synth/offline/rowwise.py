@@ -35,6 +35,8 @@ TILE_MAX = 32768  # elements of a whole-row tile (BLOCK_M x BLOCK_N)
 
 VARIANT = Knob("variant", ("whole_row", "looped"), "one tile per row, or a loop over row chunks")
 ONLINE = Knob("online", (True, False), "softmax max and sum of exp in one pass (rescaled running sum)")
+STATIC_N = Knob("static_n", (False, True), "the row length compiled in, as a static-shape compiler has it: "
+                "index math, masks and loop bounds fold (one compile per row length)")
 
 
 def _dims(arg, rank: int) -> tuple[int, ...]:
@@ -112,7 +114,7 @@ def _levels(graph: Graph, reds: dict[str, Red]) -> dict[str, int]:
 class RowwiseTemplate(Template):
     families = ("softmax", "normalization", "reduction")
     knobs = (VARIANT, BLOCK_M, BLOCK_N, NUM_WARPS, NUM_STAGES, ONLINE, PERSISTENT, PROGRAMS_PER_SM, EVICT,
-             UNMASKED)
+             UNMASKED, STATIC_N)
 
     def match(self, graph: Graph, spec: OperatorSpec) -> Match | None:
         found, aliases = [], {}
@@ -199,8 +201,8 @@ class RowwiseTemplate(Template):
         rows = max(1, _prod(sizes) // max(1, n))
         sm = target.sm_count
         base = {"variant": "whole_row", "BLOCK_M": 1, "BLOCK_N": 1024, "num_warps": 4, "num_stages": 1,
-                "persistent": False, "programs_per_sm": 4, "evict": "none", "unmasked": True, "sm_count": sm,
-                **vendor_math(target)}
+                "persistent": False, "programs_per_sm": 4, "evict": "none", "unmasked": True, "static_n": False,
+                "sm_count": sm, **vendor_math(target)}
         if d.pairs:
             base["online"] = True
         row = next_pow2(n)
@@ -209,12 +211,12 @@ class RowwiseTemplate(Template):
         if row <= 16384:
             seeds.append(dict(base, BLOCK_N=row, BLOCK_M=short, num_warps=warps_for(row * short, target, 16)))
         seeds.append(dict(base, variant="looped", BLOCK_N=min(row, 4096), BLOCK_M=1,
-                          num_warps=warps_for(min(row, 4096), target, 8), evict="stream"))
+                          num_warps=warps_for(min(row, 4096), target, 8), evict="stream", static_n=True))
         if row <= 16384:
             seeds.append(dict(base, BLOCK_N=row, BLOCK_M=short, num_warps=warps_for(row * short, target, 8),
-                              persistent=True, programs_per_sm=4 if rows > 4 * sm else 1))
+                              persistent=True, programs_per_sm=4 if rows > 4 * sm else 1, unmasked=False))
         seeds.append(dict(base, variant="looped", BLOCK_N=min(row, 1024), BLOCK_M=max(1, short // 2),
-                          num_warps=warps_for(min(row, 1024), target, 4)))
+                          num_warps=warps_for(min(row, 1024), target, 4), static_n=True))
         if target.interpreter:
             for s in seeds:
                 s["num_warps"] = 1
@@ -224,8 +226,6 @@ class RowwiseTemplate(Template):
         inert = super().inert(config)
         if config["variant"] == "whole_row":  # the tile is the row; BLOCK_N only sizes the fallback
             inert |= {"BLOCK_N", "online"}
-        else:  # the looped kernel keeps its masks
-            inert |= {"unmasked"}
         return inert
 
     def check(self, config: Config, match: Match, target: HardwareTarget, spec: OperatorSpec) -> str | None:
@@ -270,7 +270,8 @@ class RowwiseTemplate(Template):
     @staticmethod
     def _params(code: RowCode) -> list[str]:
         d = code.d
-        params = [f"{code.tags[(l.node, l.emb)]}_ptr" for l in d.leaves] + ["out_ptr", "R", "N", "G1", "G2"]
+        n = "N: tl.constexpr" if code.config.get("static_n") else "N"
+        params = [f"{code.tags[(l.node, l.emb)]}_ptr" for l in d.leaves] + ["out_ptr", "R", n, "G1", "G2"]
         for l in d.leaves:
             if not l.dense:
                 params += fr.leaf_stride_params(code.tags[(l.node, l.emb)])
@@ -305,14 +306,16 @@ class RowwiseTemplate(Template):
             tiles = f"triton.cdiv(_R, {bm})"
             return [f"_grid = min({tiles}, {nprog})" if config["persistent"] else f"_grid = {tiles}"]
 
+        unmasked = config.get("unmasked")
+        even_looped = f"_N % {config['BLOCK_N']} == 0 and _R % {config['BLOCK_M']} == 0" if unmasked else "False"
         looped = grid_lines(str(config["BLOCK_M"])) + launch(
             "_rowwise_looped", "(_grid,)", args, {"BLOCK_M": config["BLOCK_M"], "BLOCK_N": config["BLOCK_N"],
-                                                 "EVEN": False, "IDX64": "_idx64"},
+                                                 "EVEN": even_looped, "IDX64": "_idx64"},
             config["num_warps"], config["num_stages"])
         if config["variant"] == "looped":
             lines += looped
         else:
-            even = "_N == _bn and _R % _bm == 0" if config.get("unmasked") else "False"
+            even = "_N == _bn and _R % _bm == 0" if unmasked else "False"
             whole = (["_bn = triton.next_power_of_2(_N)", f"_bm = max(1, min({config['BLOCK_M']}, {TILE_MAX} // _bn))"]
                      + grid_lines("_bm")
                      + launch("_rowwise_whole_row", "(_grid,)", args, {"BLOCK_M": "_bm", "BLOCK_N": "_bn",

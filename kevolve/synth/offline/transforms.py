@@ -25,6 +25,7 @@ PREFERENCES: dict[str, tuple[tuple[str, Any, str], ...]] = {
         ("aligned", True, "chunks on 16-byte boundaries: vector loads on rows of odd length"),
         ("lse", "one_exp", "one exponential per element: the exponentials' unit stops limiting"),
         ("unmasked", True, "no bounds masks where the tiles divide the shape: fewer instructions per load"),
+        ("static_n", True, "the row length compiled in: index math and loop bounds fold"),
         ("UNROLL", "up", "more gathered rows in flight"),
         ("BLOCK_L", "up", "more segment rows in flight"),
         ("BLOCK", "up", "more bytes in flight per program"),
