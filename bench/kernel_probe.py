@@ -74,8 +74,11 @@ def main() -> None:
         compiled = torch.compile(lambda *a: ref(*a), dynamic=False, mode=mode)
         compiled(*xs)
         rows.append((call_us(lambda: compiled(*xs)), f"torch.compile {mode}", True))
+    import shlex
+
+    command = "python3 bench/kernel_probe.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     print(f"\n## {args.spec}\n\n{time.strftime('%Y-%m-%dT%H:%MZ', time.gmtime())}, {torch.cuda.get_device_name()}, "
-          f"torch {torch.__version__}, triton {triton.__version__}; best config from {args.run}: {best['best_config']}\n\n"
+          f"torch {torch.__version__}, triton {triton.__version__}; best config from {args.run}: {best['best_config']}; command: `{command}`\n\n"
           "| kernel | us per call | correct |\n|---|---|---|")
     for us, label, ok in sorted(rows):
         print(f"| {label} | {us:.1f} | {'yes' if ok else 'NO'} |")

@@ -45,13 +45,15 @@ def main() -> int:
     p.add_argument("--no-max-autotune", action="store_true", help="skip the slowest baseline")
     p.add_argument("--interpreter", action="store_true", help="check the pipeline on the CPU (no figures)")
     p.add_argument("--out", default=os.environ.get("OUT") or str(REPO / "bench" / "results"))
-    p.add_argument("--merge", nargs="*", help="part JSON files to join into one table (no GPU needed)")
+    p.add_argument("--merge", nargs="*", help="run JSON files to join into one table, a spec's later run "
+                   "replacing its earlier (no GPU needed)")
     args = p.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     if args.merge:
         runs = [json.loads(Path(f).read_text()) for f in args.merge]
-        merged = dict(runs[0], specs=[s for r in runs for s in r["specs"]], part="merged")
+        specs = {s["spec"]: s for r in runs for s in r["specs"]}  # a later run of a spec replaces an earlier
+        merged = dict(runs[0], specs=list(specs.values()), part="merged")
         return write(out, "offline_gpu", merged)
     if args.interpreter:
         os.environ["TRITON_INTERPRET"] = "1"
