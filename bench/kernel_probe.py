@@ -54,7 +54,10 @@ def main() -> None:
     p.add_argument("--max-autotune", action="store_true")
     p.add_argument("--run", type=Path, default=RUN, help="the offline run whose best config is the base")
     args = p.parse_intermixed_args()
-    best = next(r for r in json.loads(args.run.read_text())["specs"] if r["spec"] == args.spec)
+    runs = {r["spec"]: r for r in json.loads(args.run.read_text())["specs"] if r.get("best_config")}
+    if args.spec not in runs:
+        sys.exit(f"{args.run} has no best config for {args.spec}; it has: {', '.join(runs)}")
+    best = runs[args.spec]
     spec = resolve_spec(args.spec)
     runtime = OperatorRuntime(spec)
     dims = spec.shapes_for(False)[0]

@@ -4,18 +4,19 @@ torch.compile default's kernel. The edits: log1p by libdevice instead of log(u) 
 (clamp_log1p), and no mask where the size is a multiple of the block, as inductor compiles a
 static size (both specs). Kernel times from the profiler (device us per call, medians of 50
 calls), so the launch paths do not count; each variant checked against float64 first.
+Both edits have since become the template's own: the `libdevice` config entry and the
+`unmasked` knob; this probe renders without them and applies them by hand, as it first did.
 
     python3 bench/pointwise_probe.py
 """
 import os
-import statistics
 import sys
 
 sys.path.insert(0, os.getcwd())
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
-from torch.profiler import ProfilerActivity, profile  # noqa: E402
 
+from bench.kernel_probe import call_us  # noqa: E402
 from bench.rendered import entry_point  # noqa: E402
 from kevolve.specs import resolve_spec  # noqa: E402
 from kevolve.synth.offline.families import render  # noqa: E402
@@ -30,17 +31,6 @@ def with_libdevice_log1p(code: str) -> str:
     helper, imp = LIBDEVICE_LOG1P
     code = code[:start] + helper + code[end:]
     return code.replace("import triton.language as tl", "import triton.language as tl\n" + imp)
-
-
-def kernel_us(fn, xs) -> float:
-    for _ in range(3):
-        fn(*xs)
-    torch.cuda.synchronize()
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        for _ in range(50):
-            fn(*xs)
-        torch.cuda.synchronize()
-    return statistics.median(e.device_time for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA)
 
 
 def probe(name, reference, xs, configs, edits):
@@ -59,7 +49,7 @@ def probe(name, reference, xs, configs, edits):
     rows = []
     for label, fn in fns.items():
         err = (fn(*xs).double() - want).abs().max().item()
-        rows.append((kernel_us(fn, xs), label, err))
+        rows.append((call_us(lambda: fn(*xs)), label, err))
     for us, label, err in sorted(rows):
         print(f"| {label} | {us:.1f} | {err:.2g} |")
 

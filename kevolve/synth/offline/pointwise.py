@@ -25,7 +25,7 @@ from kevolve.synth.offline.expr import (CAST_OPS, FLOAT_OPS, BOOL_OPS, INT_OPS, 
                                         Emitter, Unsupported, Val, base_op, helpers_source, kind_of)
 from kevolve.synth.offline.module import Entry, launch, module_source, torch_dtype
 from kevolve.synth.offline.template import (BLOCK, EVICT, NUM_STAGES, NUM_WARPS, PERSISTENT, PROGRAMS_PER_SM,
-                                            UNMASKED, Config, Match, Template, vendor_math, warps_for)
+                                            UNMASKED, Config, Match, Template, bounds_mask, vendor_math, warps_for)
 from kevolve.synth.offline.trace import Graph, Node, Ref, trace
 
 ELEMENTWISE = (set(FLOAT_OPS) | set(BOOL_OPS) | set(LOGIC_OPS) | INT_OPS
@@ -310,15 +310,12 @@ class PointwiseTemplate(Template):
         if flat:
             lines += [f"{ind}if IDX64:", f"{ind}    start = tile.to(tl.int64) * BLOCK", f"{ind}else:",
                       f"{ind}    start = tile * BLOCK",
-                      f"{ind}offs = start + tl.arange(0, BLOCK)",
-                      f"{ind}if EVEN:", f"{ind}    mask = tl.full([BLOCK], 1, tl.int1)",
-                      f"{ind}else:", f"{ind}    mask = offs < N"]
+                      f"{ind}offs = start + tl.arange(0, BLOCK)", *bounds_mask(ind, "mask", "[BLOCK]", "offs < N")]
             return lines
         lines += [f"{ind}rows = (tile // n_col_blocks) * BLOCK_R + tl.arange(0, BLOCK_R)",
                   f"{ind}cols = (tile % n_col_blocks) * BLOCK_C + tl.arange(0, BLOCK_C)",
                   f"{ind}if IDX64:", f"{ind}    rows = rows.to(tl.int64)",
-                  f"{ind}if EVEN:", f"{ind}    mask = tl.full([BLOCK_R, BLOCK_C], 1, tl.int1)",
-                  f"{ind}else:", f"{ind}    mask = (rows[:, None] < R) & (cols[None, :] < C)",
+                  *bounds_mask(ind, "mask", "[BLOCK_R, BLOCK_C]", "(rows[:, None] < R) & (cols[None, :] < C)"),
                   f"{ind}offs = rows[:, None] * C + cols[None, :]"]
         if generic:
             lines += fr.row_decomposition("rows", ind)

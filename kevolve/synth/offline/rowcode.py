@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from kevolve.synth.offline import frame as fr
 from kevolve.synth.offline.expr import Emitter, Val
 from kevolve.synth.offline.frame import Leaf
-from kevolve.synth.offline.template import Config
+from kevolve.synth.offline.template import Config, bounds_mask
 from kevolve.synth.offline.trace import Graph, Node
 
 
@@ -106,8 +106,7 @@ class RowCode:
             lines.append("    tile = pid")
             ind = "    "
         lines += [f"{ind}rows = tile * BLOCK_M + tl.arange(0, BLOCK_M)",
-                  f"{ind}if EVEN:  # the tiles divide the rows and the row length: no bounds to check",
-                  f"{ind}    rmask = tl.full([BLOCK_M], 1, tl.int1)", f"{ind}else:", f"{ind}    rmask = rows < R",
+                  *bounds_mask(ind, "rmask", "[BLOCK_M]", "rows < R"),
                   f"{ind}if IDX64:", f"{ind}    rows = rows.to(tl.int64)", f"{ind}row_base = rows * N"]
         generic = [l for l in self.d.leaves if not l.dense and l.along_rows]
         if generic or not self.dense_out():
@@ -121,8 +120,7 @@ class RowCode:
 
     @staticmethod
     def col_mask(ind: str) -> list[str]:
-        return [f"{ind}if EVEN:", f"{ind}    cmask = tl.full([BLOCK_N], 1, tl.int1)", f"{ind}else:",
-                f"{ind}    cmask = cols < N", f"{ind}mask = rmask[:, None] & cmask[None, :]"]
+        return bounds_mask(ind, "cmask", "[BLOCK_N]", "cols < N") + [f"{ind}mask = rmask[:, None] & cmask[None, :]"]
 
     def dense_out(self) -> bool:
         return self.d.trailing or not self.d.out_full

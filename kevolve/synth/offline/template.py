@@ -98,6 +98,13 @@ def check_common(config: Config, target: HardwareTarget) -> str | None:
     return None
 
 
+def bounds_mask(ind: str, name: str, shape: str, bounds: str) -> list[str]:
+    """Kernel lines setting the mask `name` to `bounds`, or to all true when the kernel's EVEN
+    constexpr (the `unmasked` knob, on a shape its tiles divide) says no bound can be crossed."""
+    return [f"{ind}if EVEN:  # the tiles divide the shape: no bounds to check",
+            f"{ind}    {name} = tl.full({shape}, 1, tl.int1)", f"{ind}else:", f"{ind}    {name} = {bounds}"]
+
+
 def vendor_math(target: HardwareTarget) -> dict[str, bool]:
     """The config entry that lets a kernel's math helpers call the vendor's libdevice (NVIDIA's,
     or AMD's through the same Triton module); not under the interpreter, which has none."""
