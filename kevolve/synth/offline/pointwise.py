@@ -192,7 +192,8 @@ class PointwiseTemplate(Template):
         # The first guess gives each thread two 16-byte vectors of its narrowest input: with 8 bf16
         # elements a thread, bias_gelu_residual ran 5% slower on an H200 than with 16.
         vectors = max(4, 32 // min(_item_bytes(i.dtype) for i in spec.inputs))
-        # Dropping the masks gained up to 3% on some specs (rotary_embedding, layernorm) and lost up to 8% on gelu_tanh (H200): seeds of both.
+        # Dropping the masks gained up to 3% on some specs (rotary_embedding, layernorm) and lost
+        # up to 8% on gelu_tanh (H200): seeds of both.
         return [
             dict(base, BLOCK=2048, num_warps=warps_for(2048, target, per_thread=vectors)),
             dict(base, BLOCK=4096, num_warps=warps_for(4096, target, per_thread=16), evict="stream", unmasked=False),
