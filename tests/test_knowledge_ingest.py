@@ -96,7 +96,22 @@ def test_bad_front_matter_is_one_clear_error(tmp_path, front, words):
     assert words in err.value.message and "\n" not in err.value.message
 
 
-def test_reingest_is_idempotent_and_edits_reembed_only_the_changed_file(tmp_path, corpus):
+def unreachable(collection) -> list[str]:
+    """Ids a query with the record's own stored vector does not find among its nearest three."""
+    got = collection.get(include=["embeddings"])
+    found = collection.query(query_embeddings=list(got["embeddings"]), n_results=3, include=[])
+    return [cid for cid, near in zip(got["ids"], found["ids"]) if cid not in near]
+
+
+def test_reingest_is_idempotent_and_edits_reembed_only_the_changed_file(tmp_path, corpus, monkeypatch):
+    embedded: list[str] = []
+    embed = HashingEmbedding.__call__
+
+    def counting(self, input):
+        embedded.extend(input)
+        return embed(self, input)
+
+    monkeypatch.setattr(HashingEmbedding, "__call__", counting)
     kb = open_kb(tmp_path / "state")
     first = kb.ingest(corpus)
     assert len(first.added) >= 30 and not first.updated and not first.removed
@@ -107,9 +122,13 @@ def test_reingest_is_idempotent_and_edits_reembed_only_the_changed_file(tmp_path
     assert not again.changed and again.chunks_written == 0 and again.chunks_deleted == 0
     assert collection_state(kb) == before
 
+    reader = open_kb(tmp_path / "state")  # holds the collection open while another ingest rewrites it
+    assert reader.query("bucketize boundaries", k=1)
     edited = corpus / "families" / "bucketize.md"
     edited.write_text(edited.read_text() + "\n## Zebra striping\n\nA zebra-striped quokka layout for buckets.\n")
+    embedded.clear()
     report = kb.ingest(corpus)
+    assert len(embedded) == report.chunks_written  # the other files' vectors are kept, not recomputed
     assert report.updated == ("families/bucketize.md",) and not report.added and not report.removed
     after = collection_state(kb)
     changed = {cid for cid in after if before.get(cid) != after[cid]} | (set(before) - set(after))
@@ -117,6 +136,8 @@ def test_reingest_is_idempotent_and_edits_reembed_only_the_changed_file(tmp_path
     assert report.chunks_written == sum(1 for cid in after if cid.startswith("families/bucketize.md#"))
     top = kb.query("zebra-striped quokka layout", k=1)[0]
     assert top.source == "families/bucketize.md#Zebra striping"
+    assert not unreachable(kb.index.corpus)
+    assert reader.query("zebra-striped quokka layout", k=1)[0].source == top.source
 
     (corpus / "families" / "rotary.md").unlink()
     report = kb.ingest(corpus)
@@ -124,6 +145,7 @@ def test_reingest_is_idempotent_and_edits_reembed_only_the_changed_file(tmp_path
     assert not [cid for cid in collection_state(kb) if cid.startswith("families/rotary.md#")]
     assert all(d.metadata["path"] != "families/rotary.md"
                for d in kb.query("rotary position embedding rotate half", k=10))
+    assert not unreachable(kb.index.corpus)
 
 
 def test_rebuild_from_an_empty_chroma_folder_gives_the_same_retrieval(tmp_path, corpus):

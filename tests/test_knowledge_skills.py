@@ -90,6 +90,19 @@ def test_near_duplicates_merge_across_operators_of_a_family(kb):
     assert len(kb.skills()) == 3
 
 
+def test_the_skills_index_follows_merges_without_updating_records_in_place(kb):
+    first = kb.record_improvement(SOFTMAX, H100, DIMS, attempt(0.20), attempt(0.16, Transform("num_warps", 8)))
+    indexed = kb.index.skills.id
+    # found again on softmax: only the counts change, and the index is left alone
+    kb.record_improvement(SOFTMAX, H100, DIMS, attempt(0.20), attempt(0.12, Transform("num_warps", 8)))
+    assert kb.index.skills.id == indexed
+    # found on log_softmax: the skill's text names both operators, so the collection is rewritten
+    kb.record_improvement(LOG_SOFTMAX, H100, DIMS, attempt(0.20), attempt(0.15, Transform("num_warps", 8)))
+    stored = kb.index.skills.get(include=["documents"])
+    assert kb.index.skills.id != indexed and stored["ids"] == [first.id]
+    assert stored["documents"][0].startswith("softmax, log_softmax (softmax) on h100-sxm")
+
+
 def test_changes_in_words_merge_when_they_say_the_same_thing(kb):
     llm = dict(note="Load two rows per program and use 8 warps to keep more bytes in flight")
     a = kb.record_improvement(SOFTMAX, H100, DIMS, attempt(0.2), attempt(0.15, **llm))
