@@ -9,6 +9,7 @@ checked against the float64 reference first, as the search checks it.
 import argparse
 import json
 import os
+import shlex
 import statistics
 import sys
 import time
@@ -67,8 +68,9 @@ def main() -> None:
     exact = as_outputs(runtime.reference(dims, "cuda", float64=True)(*clone_all(xs)))[0]
     tol = spec.tolerance or Tolerance.for_dtype(str(native.dtype).removeprefix("torch."))
     rows = []
+    math = vendor_math(detect_target())  # runs recorded before the libdevice entry lack it
     for override in [{}] + [json.loads(o) for o in args.overrides]:
-        config = dict(best["best_config"], **vendor_math(detect_target()), **override)
+        config = {**best["best_config"], **math, **override}
         fn = entry_point(render(spec, best["family"], config), spec.entry_point)
         ok = compare(as_outputs(fn(*clone_all(xs)))[0], exact, tol).ok
         rows.append((call_us(lambda: fn(*xs)), f"best {json.dumps(override)}" if override else "best", ok))
@@ -77,8 +79,6 @@ def main() -> None:
         compiled = torch.compile(lambda *a: ref(*a), dynamic=False, mode=mode)
         compiled(*xs)
         rows.append((call_us(lambda: compiled(*xs)), f"torch.compile {mode}", True))
-    import shlex
-
     command = "python3 bench/kernel_probe.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     print(f"\n## {args.spec}\n\n{time.strftime('%Y-%m-%dT%H:%MZ', time.gmtime())}, {torch.cuda.get_device_name()}, "
           f"torch {torch.__version__}, triton {triton.__version__}; best config from {args.run}: {best['best_config']}; command: `{command}`\n\n"

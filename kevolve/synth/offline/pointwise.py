@@ -25,7 +25,8 @@ from kevolve.synth.offline.expr import (CAST_OPS, FLOAT_OPS, BOOL_OPS, INT_OPS, 
                                         Emitter, Unsupported, Val, base_op, helpers_source, kind_of)
 from kevolve.synth.offline.module import Entry, launch, module_source, torch_dtype
 from kevolve.synth.offline.template import (BLOCK, EVICT, NUM_STAGES, NUM_WARPS, PERSISTENT, PROGRAMS_PER_SM,
-                                            UNMASKED, Config, Match, Template, bounds_mask, vendor_math, warps_for)
+                                            UNMASKED, Config, Match, Template, bounds_mask, even_flag, vendor_math,
+                                            warps_for)
 from kevolve.synth.offline.trace import Graph, Node, Ref, trace
 
 ELEMENTWISE = (set(FLOAT_OPS) | set(BOOL_OPS) | set(LOGIC_OPS) | INT_OPS
@@ -371,7 +372,7 @@ class PointwiseTemplate(Template):
             if d.rotary:
                 lines.append("if _C % 2:\n    raise ValueError('a rotate-half needs an even last dim')")
                 sizes.append("_C // 2")
-        consts["EVEN"] = even if config.get("unmasked") else "False"
+        consts["EVEN"] = even_flag(config, even)
         if config["persistent"]:
             lines.append(f"_grid = min(_tiles, {config['sm_count'] * config['programs_per_sm']})")
         else:

@@ -24,8 +24,8 @@ from kevolve.synth.offline.module import Entry, launch, module_source, torch_dty
 from kevolve.synth.offline.pointwise import EXTENT_HELPER, is_elementwise
 from kevolve.synth.offline.rowcode import Red, RowCode, RowDetail
 from kevolve.synth.offline.template import (BLOCK_M, BLOCK_N, EVICT, NUM_STAGES, NUM_WARPS, PERSISTENT,
-                                            PROGRAMS_PER_SM, UNMASKED, Config, Knob, Match, Template, next_pow2,
-                                            sizes_at, tuned_dims, vendor_math, warps_for)
+                                            PROGRAMS_PER_SM, UNMASKED, Config, Knob, Match, Template, even_flag,
+                                            next_pow2, sizes_at, tuned_dims, vendor_math, warps_for)
 from kevolve.synth.offline.trace import Graph, Node, Ref, trace
 
 REDUCE_KIND = {"sum": "sum", "prims.sum": "sum", "amax": "max", "prims.amax": "max", "amin": "min",
@@ -308,8 +308,7 @@ class RowwiseTemplate(Template):
             tiles = f"triton.cdiv(_R, {bm})"
             return [f"_grid = min({tiles}, {nprog})" if config["persistent"] else f"_grid = {tiles}"]
 
-        unmasked = config.get("unmasked")
-        even_looped = f"_N % {config['BLOCK_N']} == 0 and _R % {config['BLOCK_M']} == 0" if unmasked else "False"
+        even_looped = even_flag(config, f"_N % {config['BLOCK_N']} == 0 and _R % {config['BLOCK_M']} == 0")
         looped = grid_lines(str(config["BLOCK_M"])) + launch(
             "_rowwise_looped", "(_grid,)", args, {"BLOCK_M": config["BLOCK_M"], "BLOCK_N": config["BLOCK_N"],
                                                  "EVEN": even_looped, "IDX64": "_idx64"},
@@ -317,7 +316,7 @@ class RowwiseTemplate(Template):
         if config["variant"] == "looped":
             lines += looped
         else:
-            even = "_N == _bn and _R % _bm == 0" if unmasked else "False"
+            even = even_flag(config, "_N == _bn and _R % _bm == 0")
             whole = (["_bn = triton.next_power_of_2(_N)", f"_bm = max(1, min({config['BLOCK_M']}, {TILE_MAX} // _bn))"]
                      + grid_lines("_bm")
                      + launch("_rowwise_whole_row", "(_grid,)", args, {"BLOCK_M": "_bm", "BLOCK_N": "_bn",

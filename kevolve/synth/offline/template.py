@@ -105,6 +105,12 @@ def bounds_mask(ind: str, name: str, shape: str, bounds: str) -> list[str]:
             f"{ind}    {name} = tl.full({shape}, 1, tl.int1)", f"{ind}else:", f"{ind}    {name} = {bounds}"]
 
 
+def even_flag(config: Config, condition: str) -> str:
+    """The wrapper's value for a kernel's EVEN constexpr: the condition under which its tiles
+    divide the shape, when the `unmasked` knob is on."""
+    return condition if config.get("unmasked") else "False"
+
+
 def vendor_math(target: HardwareTarget) -> dict[str, bool]:
     """The config entry that lets a kernel's math helpers call the vendor's libdevice (NVIDIA's,
     or AMD's through the same Triton module); not under the interpreter, which has none."""
