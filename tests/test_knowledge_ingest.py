@@ -4,6 +4,7 @@ embedding: what is tested here does not depend on the model."""
 
 import json
 import os
+import random
 import re
 import shutil
 import socket
@@ -12,6 +13,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 from chromadb.api.client import SharedSystemClient
 
@@ -103,6 +105,27 @@ def unreachable(collection) -> list[str]:
     return [cid for cid, near in zip(got["ids"], found["ids"]) if cid not in near]
 
 
+def inexact(collection, texts: list[str]) -> list[str]:
+    """The texts whose top match from Chroma is not the exact nearest record by cosine similarity."""
+    got = collection.get(include=["embeddings"])
+    vectors = np.asarray(HashingEmbedding()(texts))
+    exact = np.argmax(vectors @ np.asarray(got["embeddings"]).T, axis=1)
+    found = collection.query(query_embeddings=list(vectors), n_results=1, include=[])["ids"]
+    return [t for t, top, best in zip(texts, found, exact) if top[0] != got["ids"][best]]
+
+
+def phrases(collection, per_record: int = 5) -> list[str]:
+    """Three-word phrases taken from the records' own text, a few from each."""
+    rng = random.Random(0)
+    out = []
+    for doc in collection.get(include=["documents"])["documents"]:
+        words = re.findall(r"[A-Za-z]{4,}", doc)
+        for _ in range(per_record):
+            start = rng.randrange(max(1, len(words) - 2))
+            out.append(" ".join(words[start:start + 3]))
+    return out
+
+
 def test_reingest_is_idempotent_and_edits_reembed_only_the_changed_file(tmp_path, corpus, monkeypatch):
     embedded: list[str] = []
     embed = HashingEmbedding.__call__
@@ -122,7 +145,7 @@ def test_reingest_is_idempotent_and_edits_reembed_only_the_changed_file(tmp_path
     assert not again.changed and again.chunks_written == 0 and again.chunks_deleted == 0
     assert collection_state(kb) == before
 
-    reader = open_kb(tmp_path / "state")  # holds the collection open while another ingest rewrites it
+    reader = open_kb(tmp_path / "state")  # another client, with the collection open before the edit
     assert reader.query("bucketize boundaries", k=1)
     edited = corpus / "families" / "bucketize.md"
     edited.write_text(edited.read_text() + "\n## Zebra striping\n\nA zebra-striped quokka layout for buckets.\n")
@@ -137,6 +160,7 @@ def test_reingest_is_idempotent_and_edits_reembed_only_the_changed_file(tmp_path
     top = kb.query("zebra-striped quokka layout", k=1)[0]
     assert top.source == "families/bucketize.md#Zebra striping"
     assert not unreachable(kb.index.corpus)
+    assert not inexact(kb.index.corpus, phrases(kb.index.corpus))
     assert reader.query("zebra-striped quokka layout", k=1)[0].source == top.source
 
     (corpus / "families" / "rotary.md").unlink()
@@ -146,6 +170,18 @@ def test_reingest_is_idempotent_and_edits_reembed_only_the_changed_file(tmp_path
     assert all(d.metadata["path"] != "families/rotary.md"
                for d in kb.query("rotary position embedding rotate half", k=10))
     assert not unreachable(kb.index.corpus)
+
+
+def test_searches_are_exhaustive_even_in_a_store_made_with_chromas_default(tmp_path):
+    from kevolve.knowledge.index import EF_SEARCH, connect
+
+    connect(tmp_path, None).get_or_create_collection("kevolve-corpus-hashing", embedding_function=HashingEmbedding(),
+                                                     configuration={"hnsw": {"space": "cosine"}})
+    SharedSystemClient.clear_system_cache()
+    kb = open_kb(tmp_path)
+    assert kb.index.corpus.configuration["hnsw"]["ef_search"] == EF_SEARCH
+    kb.ingest(REPO / "knowledge")
+    assert kb.index.corpus.count() < EF_SEARCH  # the search visits every record
 
 
 def test_rebuild_from_an_empty_chroma_folder_gives_the_same_retrieval(tmp_path, corpus):

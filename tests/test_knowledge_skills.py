@@ -14,6 +14,7 @@ from kevolve.candidate import Origin, Transform
 from kevolve.evaluate.result import Diagnosis
 from kevolve.hardware import load_target
 from kevolve.knowledge import KnowledgeBase, KnowledgeError
+from kevolve.knowledge.embedding import HashingEmbedding
 from kevolve.knowledge.skills import shape_class, shape_distance, transforms_by_preference
 from kevolve.specs import resolve_spec
 from kevolve.synth.base import Attempt
@@ -90,17 +91,24 @@ def test_near_duplicates_merge_across_operators_of_a_family(kb):
     assert len(kb.skills()) == 3
 
 
-def test_the_skills_index_follows_merges_without_updating_records_in_place(kb):
+def test_a_merge_reembeds_a_skill_only_when_its_text_changes(kb, monkeypatch):
     first = kb.record_improvement(SOFTMAX, H100, DIMS, attempt(0.20), attempt(0.16, Transform("num_warps", 8)))
-    indexed = kb.index.skills.id
-    # found again on softmax: only the counts change, and the index is left alone
+    embedded: list[str] = []
+    embed = HashingEmbedding.__call__
+
+    def counting(self, input):
+        embedded.extend(input)
+        return embed(self, input)
+
+    monkeypatch.setattr(HashingEmbedding, "__call__", counting)
+    # found again on softmax: only the counts change
     kb.record_improvement(SOFTMAX, H100, DIMS, attempt(0.20), attempt(0.12, Transform("num_warps", 8)))
-    assert kb.index.skills.id == indexed
-    # found on log_softmax: the skill's text names both operators, so the collection is rewritten
+    assert embedded == []
+    # found on log_softmax: the skill's text now names both operators
     kb.record_improvement(LOG_SOFTMAX, H100, DIMS, attempt(0.20), attempt(0.15, Transform("num_warps", 8)))
+    assert len(embedded) == 1 and embedded[0].startswith("softmax, log_softmax (softmax) on h100-sxm")
     stored = kb.index.skills.get(include=["documents"])
-    assert kb.index.skills.id != indexed and stored["ids"] == [first.id]
-    assert stored["documents"][0].startswith("softmax, log_softmax (softmax) on h100-sxm")
+    assert stored["ids"] == [first.id] and stored["documents"] == embedded
 
 
 def test_changes_in_words_merge_when_they_say_the_same_thing(kb):
