@@ -44,6 +44,17 @@ def call_us(fn, calls: int = 50) -> float:
     return statistics.median(sum(events[i:i + per_call]) for i in range(0, per_call * calls, per_call))
 
 
+def knob_override(text: str) -> dict:
+    """An override from the command line: a JSON object of knobs."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError:
+        value = None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a JSON object of knobs, e.g. '{{\"num_warps\": 8}}'")
+    return value
+
+
 def main() -> None:
     import triton
 
@@ -51,10 +62,12 @@ def main() -> None:
 
     p = argparse.ArgumentParser()
     p.add_argument("spec")
-    p.add_argument("overrides", nargs="*", help="JSON objects of knobs to set on the best config")
+    p.add_argument("overrides", nargs="*", type=knob_override, help="JSON objects of knobs to set on the best config")
     p.add_argument("--max-autotune", action="store_true")
     p.add_argument("--run", type=Path, default=RUN, help="the offline run whose best config is the base")
     args = p.parse_intermixed_args()
+    if not args.run.is_file():
+        sys.exit(f"no offline run at {args.run}; make one with bench/offline_gpu.py or name one with --run")
     runs = {r["spec"]: r for r in json.loads(args.run.read_text())["specs"] if r.get("best_config")}
     if args.spec not in runs:
         sys.exit(f"{args.run} has no best config for {args.spec}; it has: {', '.join(runs)}")
@@ -69,7 +82,7 @@ def main() -> None:
     tol = spec.tolerance or Tolerance.for_dtype(str(native.dtype).removeprefix("torch."))
     rows = []
     math = vendor_math(detect_target())  # runs recorded before the libdevice entry lack it
-    for override in [{}] + [json.loads(o) for o in args.overrides]:
+    for override in [{}] + args.overrides:
         config = {**best["best_config"], **math, **override}
         fn = entry_point(render(spec, best["family"], config), spec.entry_point)
         ok = compare(as_outputs(fn(*clone_all(xs)))[0], exact, tol).ok
