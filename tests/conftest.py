@@ -25,6 +25,22 @@ def isolated_state(tmp_path, monkeypatch):
     yield
 
 
+@pytest.fixture
+def embedded(monkeypatch) -> list[str]:
+    """Every text the hashing embedding embeds during the test, in order."""
+    from kevolve.knowledge.embedding import HashingEmbedding
+
+    texts: list[str] = []
+    embed = HashingEmbedding.__call__
+
+    def counting(self, input):
+        texts.extend(input)
+        return embed(self, input)
+
+    monkeypatch.setattr(HashingEmbedding, "__call__", counting)
+    return texts
+
+
 def run_cli(*args: str, cwd: Path | None = None, env_overrides: dict[str, str] | None = None):
     """Run `kevolve ARGS` in a fresh interpreter, as a user would."""
     import subprocess

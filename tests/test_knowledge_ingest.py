@@ -126,15 +126,7 @@ def phrases(collection, per_record: int = 5) -> list[str]:
     return out
 
 
-def test_reingest_is_idempotent_and_edits_reembed_only_the_changed_file(tmp_path, corpus, monkeypatch):
-    embedded: list[str] = []
-    embed = HashingEmbedding.__call__
-
-    def counting(self, input):
-        embedded.extend(input)
-        return embed(self, input)
-
-    monkeypatch.setattr(HashingEmbedding, "__call__", counting)
+def test_reingest_is_idempotent_and_edits_reembed_only_the_changed_file(tmp_path, corpus, embedded):
     kb = open_kb(tmp_path / "state")
     first = kb.ingest(corpus)
     assert len(first.added) >= 30 and not first.updated and not first.removed

@@ -14,7 +14,6 @@ from kevolve.candidate import Origin, Transform
 from kevolve.evaluate.result import Diagnosis
 from kevolve.hardware import load_target
 from kevolve.knowledge import KnowledgeBase, KnowledgeError
-from kevolve.knowledge.embedding import HashingEmbedding
 from kevolve.knowledge.skills import shape_class, shape_distance, transforms_by_preference
 from kevolve.specs import resolve_spec
 from kevolve.synth.base import Attempt
@@ -91,16 +90,9 @@ def test_near_duplicates_merge_across_operators_of_a_family(kb):
     assert len(kb.skills()) == 3
 
 
-def test_a_merge_reembeds_a_skill_only_when_its_text_changes(kb, monkeypatch):
+def test_a_merge_reembeds_a_skill_only_when_its_text_changes(kb, embedded):
     first = kb.record_improvement(SOFTMAX, H100, DIMS, attempt(0.20), attempt(0.16, Transform("num_warps", 8)))
-    embedded: list[str] = []
-    embed = HashingEmbedding.__call__
-
-    def counting(self, input):
-        embedded.extend(input)
-        return embed(self, input)
-
-    monkeypatch.setattr(HashingEmbedding, "__call__", counting)
+    embedded.clear()
     # found again on softmax: only the counts change
     kb.record_improvement(SOFTMAX, H100, DIMS, attempt(0.20), attempt(0.12, Transform("num_warps", 8)))
     assert embedded == []
