@@ -32,9 +32,11 @@ TRANSFORMED = {
     "rmsnorm": [{"variant": "looped", "BLOCK_N": 128, "persistent": True, "programs_per_sm": 1}],
     "gelu_tanh": [{"BLOCK": 128, "persistent": True, "programs_per_sm": 1}],
     "swiglu": [{"BLOCK": 512, "evict": "stream"}],
-    "bias_gelu_residual": [{"BLOCK": 128}, {"BLOCK": 4096, "persistent": True, "programs_per_sm": 1}],
+    "bias_gelu_residual": [{"BLOCK": 128}, {"BLOCK": 4096, "persistent": True, "programs_per_sm": 1},
+                           {"evict": "reuse"}],
     "clamp_log1p": [{"BLOCK": 64, "num_warps": 2}],
-    "rotary_embedding": [{"BLOCK": 64}, {"BLOCK": 256, "persistent": True, "programs_per_sm": 1}],
+    "rotary_embedding": [{"BLOCK": 64}, {"BLOCK": 256, "persistent": True, "programs_per_sm": 1},
+                         {"evict": "reuse"}, {"evict": "stream", "unmasked": True}],
     "matmul_bias_relu": [{"BLOCK_M": 16, "BLOCK_N": 32, "BLOCK_K": 16, "GROUP_M": 1},
                          {"SPLIT_K": 4, "BLOCK_K": 16}, {"persistent": True, "programs_per_sm": 1, "GROUP_M": 4},
                          {"tma": True, "SPLIT_K": 2, "BLOCK_K": 16}, {"tma": True, "persistent": True}],
@@ -73,6 +75,30 @@ def test_transformed_configs_stay_correct(name):
         code = render(spec, base.origin.family, config)
         assert code != base.code
         assert problems(spec, code, seeds=(3,)) == [], config
+
+
+def test_eviction_hints_follow_each_loads_role():
+    """A read that repeats (rotary's tables, the rotate-half partner) is kept with evict_last
+    under "reuse" and "stream"; a stream is read evict_first only under "stream", and never when
+    the same tensor is read again at the partner columns."""
+    spec = load_spec(SPEC_DIR / "rotary_embedding.yaml")
+    base = seed(spec)
+    loads = {}
+    for evict in ("none", "reuse", "stream"):
+        code = render(spec, base.origin.family, dict(base.origin.config, evict=evict))
+        loads[evict] = [line for line in code.splitlines() if "tl.load(" in line]
+    assert not any("eviction_policy" in line for line in loads["none"])
+    for evict in ("reuse", "stream"):
+        assert not any("evict_first" in line for line in loads[evict])
+        partner = next(line for line in loads[evict] if "HALF" in line)
+        assert partner.count('eviction_policy="evict_last"') == 2
+        assert sum('"evict_last"' in line for line in loads[evict]) == 3  # cos, sin and the partner
+    gelu = load_spec(SPEC_DIR / "bias_gelu_residual.yaml")
+    base = seed(gelu)
+    stream = render(gelu, base.origin.family, dict(base.origin.config, evict="stream"))
+    reuse = render(gelu, base.origin.family, dict(base.origin.config, evict="reuse"))
+    assert stream.count('"evict_first"') == 2 and reuse.count('"evict_first"') == 0  # x and the residual
+    assert stream.count('"evict_last"') == reuse.count('"evict_last"') == 1  # the bias
 
 
 def test_ranked_transforms_of_every_seed_stay_correct():

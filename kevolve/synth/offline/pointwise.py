@@ -25,8 +25,8 @@ from kevolve.synth.offline.expr import (CAST_OPS, FLOAT_OPS, BOOL_OPS, INT_OPS, 
                                         Emitter, Unsupported, Val, base_op, helpers_source, kind_of)
 from kevolve.synth.offline.module import Entry, launch, module_source, torch_dtype
 from kevolve.synth.offline.template import (BLOCK, EVICT, NUM_STAGES, NUM_WARPS, PERSISTENT, PROGRAMS_PER_SM,
-                                            UNMASKED, Config, Match, Template, bounds_mask, even_flag, vendor_math,
-                                            warps_for)
+                                            UNMASKED, Config, Knob, Match, Template, bounds_mask, even_flag,
+                                            vendor_math, warps_for)
 from kevolve.synth.offline.trace import Graph, Node, Ref, trace
 
 ELEMENTWISE = (set(FLOAT_OPS) | set(BOOL_OPS) | set(LOGIC_OPS) | INT_OPS
@@ -160,9 +160,15 @@ def collect_leaves(graph: Graph, output: str, frame: tuple[str, ...]) -> tuple[L
     return tuple(leaves)
 
 
+# Eviction hints by role: "reuse" keeps what is read again (a bias, rotary's tables and the
+# rotate-half partner) with evict_last and leaves streams unhinted, as torch.compile writes them;
+# "stream" also reads streams evict_first.
+EVICT_BY_ROLE = Knob("evict", ("none", "reuse", "stream"), EVICT.doc + "; reuse: only the reused loads")
+
+
 class PointwiseTemplate(Template):
     families = ("pointwise", "rotary")
-    knobs = (BLOCK, NUM_WARPS, NUM_STAGES, PERSISTENT, PROGRAMS_PER_SM, EVICT, UNMASKED)
+    knobs = (BLOCK, NUM_WARPS, NUM_STAGES, PERSISTENT, PROGRAMS_PER_SM, EVICT_BY_ROLE, UNMASKED)
 
     def match(self, graph: Graph, spec: OperatorSpec) -> Match | None:
         rotations = {n.name for n in graph.nodes if rotate_half_source(graph, n)}
@@ -196,13 +202,13 @@ class PointwiseTemplate(Template):
         # Dropping the masks gained up to 3% on some specs (rotary_embedding, layernorm) and lost
         # up to 8% on gelu_tanh (H200): seeds of both.
         # The third is torch.compile's own choice for a long pointwise kernel, 1024 elements over 4
-        # warps: no config the search had reached beat it on clamp_log1p (H200: 32.5 us against
-        # 34.4). It replaced a persistent seed, the slowest seed on four of five pointwise specs;
-        # a persistent grid is still a knob.
+        # warps, reused reads kept: no config the search had reached beat it on clamp_log1p (H200:
+        # 32.5 us against 34.4). It replaced a persistent seed, the slowest seed on four of five
+        # pointwise specs; a persistent grid is still a knob.
         return [
             dict(base, BLOCK=2048, num_warps=warps_for(2048, target, per_thread=vectors)),
             dict(base, BLOCK=4096, num_warps=warps_for(4096, target, per_thread=16), evict="stream", unmasked=False),
-            dict(base, BLOCK=1024, num_warps=4),
+            dict(base, BLOCK=1024, num_warps=4, evict="reuse"),
             dict(base, BLOCK=8192, num_warps=warps_for(8192, target, per_thread=16), num_stages=2),
         ]
 
@@ -222,6 +228,9 @@ class PointwiseTemplate(Template):
         rank = len(d.frame)
         flat, broadcast_flat = d.flat, d.broadcast_flat
         stream = config["evict"] == "stream"
+        keep = config["evict"] in ("reuse", "stream")
+        reread = {l.node for l in d.leaves if l.rotate}  # read again at the partner columns
+        last = "evict_last" if keep else ""
 
         def load(node: Node, emb, rotate: bool = False) -> Val:
             leaf = next(l for l in d.leaves if (l.node, l.emb, l.rotate) == (node.name, tuple(emb), rotate))
@@ -229,27 +238,26 @@ class PointwiseTemplate(Template):
             other = "0.0" if leaf.kind == "f" else "0"
             cols = "rot_cols" if rotate else "cols"
             if leaf.dense and not rotate:
-                ptr, policy = f"{tag}_ptr + offs", "evict_first" if stream else ""
+                first = stream and leaf.node not in reread  # evicting x would lose its partner load's lines
+                ptr, policy = f"{tag}_ptr + offs", "evict_first" if first else ""
             elif leaf.dense and broadcast_flat:  # two masked loads at +-HALF: addresses stay contiguous
-                ptr, policy = None, ""
+                ptr, policy = None, last
             elif leaf.dense:
-                ptr, policy = f"{tag}_ptr + rows[:, None] * C + rot_cols[None, :]", ""
+                ptr, policy = f"{tag}_ptr + rows[:, None] * C + rot_cols[None, :]", last
             elif broadcast_flat and leaf.row_free(rank):
-                ptr, policy = f"{tag}_ptr + cols * {tag}_sc", "evict_last" if stream else ""
+                ptr, policy = f"{tag}_ptr + cols * {tag}_sc", last
             elif broadcast_flat:  # the output's trailing dims, contiguous
-                ptr, policy = f"{tag}_ptr + offs % {tag}_P", "evict_last" if stream else ""
+                ptr, policy = f"{tag}_ptr + offs % {tag}_P", last
             elif leaf.row_free(rank):  # a bias: only the column moves it
-                ptr = f"{tag}_ptr + {cols}[None, :] * {tag}_sc"
-                policy = "evict_last" if stream else ""
+                ptr, policy = f"{tag}_ptr + {cols}[None, :] * {tag}_sc", last
             else:
-                ptr = f"{tag}_ptr + {fr.leaf_row_offset(tag)}[:, None] + {cols}[None, :] * {tag}_sc"
-                policy = "evict_last" if stream else ""
+                ptr, policy = f"{tag}_ptr + {fr.leaf_row_offset(tag)}[:, None] + {cols}[None, :] * {tag}_sc", last
             ev = f', eviction_policy="{policy}"' if policy else ""
             cast = ".to(tl.float32)" if leaf.kind == "f" else ""
             if ptr is None:
                 v = em.emit(f"tl.where(cols < HALF, tl.load({tag}_ptr + offs + HALF, mask=mask & (cols < HALF), "
-                            f"other={other}), tl.load({tag}_ptr + offs - HALF, mask=mask & (cols >= HALF), "
-                            f"other={other})){cast}", leaf.kind, node.name)
+                            f"other={other}{ev}), tl.load({tag}_ptr + offs - HALF, mask=mask & (cols >= HALF), "
+                            f"other={other}{ev})){cast}", leaf.kind, node.name)
             else:
                 v = em.emit(f"tl.load({ptr}, mask=mask, other={other}{ev}){cast}", leaf.kind, node.name)
             if rotate:  # cat((-x[..., h:], x[..., :h])): the first half is negated
