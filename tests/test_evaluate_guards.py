@@ -202,6 +202,26 @@ def test_torch_computation_inside_the_entry_point_is_rejected(softmax_trials):
     assert "aten::_softmax" in f.check.detail
 
 
+def test_a_thread_left_running_is_rejected_and_named(softmax_trials):
+    """Past the static checks (a thread reached through a library), a thread that outlives the
+    call is caught at run time; the rejection names it and what it runs, to tell a library's
+    own thread from a candidate's."""
+    import threading
+
+    release = threading.Event()
+
+    def leaves_a_thread(x):
+        threading.Thread(target=release.wait, name="late-copy", daemon=True).start()
+        return torch.softmax(x, -1)
+
+    try:
+        f = failure(leaves_a_thread, softmax_trials[0])
+    finally:
+        release.set()
+    assert f.outcome is Outcome.REJECTED and f.check.name == "sandbox"
+    assert "left 1 thread(s) running: late-copy (threading.Event.wait)" in f.check.detail
+
+
 def test_exceptions_become_crashes_with_their_text(softmax_trials):
     def raises(x):
         raise ValueError("block too large")

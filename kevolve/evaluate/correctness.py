@@ -21,7 +21,7 @@ import torch
 
 from kevolve.evaluate.guards import GuardMode, guarded_copy
 from kevolve.evaluate.result import Check, Outcome
-from kevolve.evaluate.sandbox import Sandbox, Snapshot, live_threads
+from kevolve.evaluate.sandbox import Sandbox, Snapshot, describe_threads, live_threads
 from kevolve.specs.compare import compare
 from kevolve.specs.model import Dims, Tolerance, dims_key
 from kevolve.specs.runtime import OperatorRuntime, as_outputs, clone_all
@@ -165,12 +165,13 @@ class Watch:
         # Copies, so a later call that reuses a buffer cannot change what was returned here.
         return [Output(o.clone(), tuple(o.stride())) for o in outputs], mode
 
-    def after(self, threads_before: int, mode: GuardMode | None = None) -> None:
+    def after(self, threads_before: frozenset, mode: GuardMode | None = None) -> None:
         problems = self.sandbox.take_violations() if self.sandbox else []
         if self.snapshot is not None:
             problems += [f"replaced {name}" for name in self.snapshot.changed()]
-        if live_threads() > threads_before:
-            problems.append(f"left {live_threads() - threads_before} thread(s) running")
+        started = live_threads() - threads_before
+        if started:
+            problems.append(f"left {len(started)} thread(s) running: {describe_threads(started)}")
         if problems:
             raise CandidateFailure(Outcome.REJECTED, Check("sandbox", False, "; ".join(problems[:3])),
                                    reusable=False)

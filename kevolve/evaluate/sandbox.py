@@ -154,8 +154,18 @@ class Sandbox:
         return nearest, on_stack
 
 
-def live_threads() -> int:
-    return threading.active_count()
+def live_threads() -> frozenset[threading.Thread]:
+    return frozenset(threading.enumerate())
+
+
+def describe_threads(threads: Iterable[threading.Thread]) -> str:
+    """Each thread's name and what it runs, so a rejection says whose thread it was."""
+    def runs(t: threading.Thread) -> str:
+        target = getattr(t, "_target", None)  # private in CPython, but the only record of it
+        if target is None:
+            return type(t).__qualname__
+        return f"{getattr(target, '__module__', None) or '?'}.{getattr(target, '__qualname__', repr(target))}"
+    return ", ".join(f"{t.name} ({runs(t)})" for t in sorted(threads, key=lambda t: t.name))
 
 
 class Snapshot:
