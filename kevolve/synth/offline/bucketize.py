@@ -135,7 +135,7 @@ def _bucketize_kernel(x_ptr, b_ptr, cells_ptr, scale_ptr, out_ptr, N, K, STEPS,
                  # ceil(log2(n + 1)) halvings empty a range of n: [0, K], or the widest split piece
                  (f"_steps = max(1, (-(-_k // {config['SPLITS']})).bit_length())" if config["search"] == "split"
                   else "_steps = max(1, _k.bit_length())"),
-                 f"_grid = (triton.cdiv(_n, {config['BLOCK']}),)"]
+                 f"_grid = (_cdiv(_n, {config['BLOCK']}),)"]
         cells, scale = f"{b}", f"{b}"  # unused by the searches without a table
         if config["search"] == "table":
             kernels.append(_TABLE_KERNEL)

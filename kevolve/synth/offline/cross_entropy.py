@@ -172,7 +172,7 @@ def _ce_reduce(loss_ptr, t_ptr, out_ptr, M, IGNORE, BLOCK: tl.constexpr, MEAN: t
                  # elements per 16 bytes: aligned chunks only where the base pointer allows them
                  (f"_align = 16 // {x}.element_size() if {x}.data_ptr() % 16 == 0 else 1" if config["aligned"]
                   else "_align = 1"),
-                 f"_tiles = triton.cdiv(_m, {config['BLOCK_M']})",
+                 f"_tiles = _cdiv(_m, {config['BLOCK_M']})",
                  (f"_grid = min(_tiles, {config['sm_count'] * config['programs_per_sm']})" if config["persistent"]
                   else "_grid = _tiles"),
                  "if _m > 0:"]
@@ -188,7 +188,7 @@ def _ce_reduce(loss_ptr, t_ptr, out_ptr, M, IGNORE, BLOCK: tl.constexpr, MEAN: t
             lines.append(f"_out = torch.empty([], dtype={out_dtype}, device={x}.device)")
             # up to 8192 losses in one pass: passes of 1024 cost 10 us at M = 8192 on an H200, each
             # waiting on its loads
-            lines.append("_rblock = min(max(triton.next_power_of_2(_m), 256), 8192)")
+            lines.append("_rblock = min(max(_pow2(_m), 256), 8192)")
             lines += launch("_ce_reduce", "(1,)", ["_loss", t, "_out", "_m", str(d.ignore_index)],
                             {"BLOCK": "_rblock", "MEAN": d.reduction == "mean"}, 8, 1)
             lines.append("return _out")

@@ -67,9 +67,23 @@ def _merge(dims, shape, strides):
     return groups
 
 
+_LAYOUTS = {}
+
+
 def _frame_layout(shape, cols, leaves):
-    """Rows x columns of the frame: (R, C, G1, G2, per-leaf (s0, s1, s2, sc)). Dims merge where
-    every leaf's strides allow; at most three row groups and one column group."""
+    """Rows x columns of the frame: (R, C, G1, G2, per-leaf (s0, s1, s2, sc)), worked out once per
+    layout of the inputs: the bookkeeping is most of a launch's host time."""
+    key = (tuple(shape), cols, tuple((t.shape, t.stride(), emb) for t, emb in leaves))
+    layout = _LAYOUTS.get(key)
+    if layout is None:
+        if len(_LAYOUTS) >= 256:  # many shapes (a varying batch, say): forget the old ones
+            _LAYOUTS.clear()
+        layout = _LAYOUTS[key] = _work_out_layout(shape, cols, leaves)
+    return layout
+
+
+def _work_out_layout(shape, cols, leaves):
+    """Dims merge where every leaf's strides allow; at most three row groups and one column group."""
     rank = len(shape)
     strides = [_frame_strides(t, emb, rank) for t, emb in leaves]
     col_groups = _merge([d for d in range(rank) if d in cols], shape, strides)
@@ -94,7 +108,7 @@ def _frame_layout(shape, cols, leaves):
     for st in strides:
         per_leaf.append(tuple(st[g[-1]] if g else 0 for g in row_groups)
                         + ((st[col_groups[0][-1]] if col_groups else 0),))
-    return rows, cols_n, size(row_groups[1]), size(row_groups[2]), per_leaf
+    return rows, cols_n, size(row_groups[1]), size(row_groups[2]), tuple(per_leaf)
 '''
 
 

@@ -183,7 +183,7 @@ class JaggedTemplate(Template):
         out_dtype = torch_dtype(graph.node(d.output).dtype)
         lines = [f"{values} = {values}.contiguous()", f"_d = {values}.shape[1]"]
         lines += [f"{offsets} = {offsets}.contiguous()"] if offsets else []
-        grid = f"(_out.shape[0], triton.cdiv(_d, {config['BLOCK_D']}))"
+        grid = f"(_out.shape[0], _cdiv(_d, {config['BLOCK_D']}))"
         if d.op == "embedding":
             ids = entry.var(d.indices)
             lines += [f"{ids} = {ids}.contiguous()", f"_n = {ids}.numel()",
@@ -191,7 +191,7 @@ class JaggedTemplate(Template):
             args = [values, ids, "_out", "_n", "_d"]
             consts = {"BLOCK_D": config["BLOCK_D"], "BLOCK_L": config["BLOCK_L"], "VEC": "_vec"}
             name = "_embedding_kernel"
-            grid = f"(triton.cdiv(_n, {config['BLOCK_L']}), triton.cdiv(_d, {config['BLOCK_D']}))"
+            grid = f"(_cdiv(_n, {config['BLOCK_L']}), _cdiv(_d, {config['BLOCK_D']}))"
         elif d.op == "embedding_bag":
             indices = entry.var(d.indices)
             lines += [f"{indices} = {indices}.contiguous()",

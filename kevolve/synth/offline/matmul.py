@@ -351,7 +351,7 @@ class MatmulTemplate(Template):
         split = config["SPLIT_K"]
         lines.append(f"_idx64 = max(_extent(t) for t in ({tensors},)) * {split} >= 2 ** 31")
         bm, bn, bk = config["BLOCK_M"], config["BLOCK_N"], config["BLOCK_K"]
-        lines.append(f"_tiles = _batch * triton.cdiv(_m, {bm}) * triton.cdiv(_n, {bn})")
+        lines.append(f"_tiles = _batch * _cdiv(_m, {bm}) * _cdiv(_n, {bn})")
         nprog = config["sm_count"] * config["programs_per_sm"]
         lines.append(f"_grid = min(_tiles, {nprog})" if config["persistent"] else "_grid = _tiles")
         lines.append(f"_even_k = _k % ({bk} * {split}) == 0")
@@ -379,7 +379,7 @@ class MatmulTemplate(Template):
             lines += launch("_matmul_kernel", f"(_grid, {split})", args, consts, config["num_warps"],
                             config["num_stages"])
             red_args = ["_ws"] + leaf_args + ["_out", "_m", "_n", "_batch", "_G1", "_G2"] + stride_args + sizes
-            lines.append("_red_grid = triton.cdiv(_batch * _m, 32) * triton.cdiv(_n, 64)")
+            lines.append("_red_grid = _cdiv(_batch * _m, 32) * _cdiv(_n, 64)")
             lines += launch("_splitk_epilogue", "(_red_grid,)", red_args,
                             {"BLOCK_M": 32, "BLOCK_N": 64, "SPLIT_K": split, "IDX64": "_idx64"}, 4, 1)
         else:

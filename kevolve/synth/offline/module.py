@@ -40,6 +40,14 @@ def torch_dtype(name: str) -> str:
     return f"torch.{name}"
 
 
+# Grid arithmetic for the wrappers in plain Python: where Triton's cdiv and next_power_of_2 are
+# constexpr functions, each call costs microseconds of host time on every launch.
+HOST_HELPERS = {
+    "_cdiv(": "def _cdiv(a, b):\n    return (a + b - 1) // b",
+    "_pow2(": "def _pow2(n):\n    return 1 << (n - 1).bit_length() if n > 0 else 0",
+}
+
+
 def module_source(spec: OperatorSpec, entry: Entry, family: str, config: Mapping[str, Any],
                   kernels: list[str], body: list[str], helpers: list[str] = (),
                   note: str = "") -> str:
@@ -54,6 +62,7 @@ def module_source(spec: OperatorSpec, entry: Entry, family: str, config: Mapping
     parts = [doc + "\n".join(imports)]
     parts += [k.strip("\n") for k in kernels if k.strip()]
     parts += [h.strip("\n") for h in helpers if h.strip()]
+    parts += [source for use, source in HOST_HELPERS.items() if any(use in line for line in body)]
     parts.append(_entry(spec, entry, body))
     return "\n\n\n".join(parts) + "\n"
 

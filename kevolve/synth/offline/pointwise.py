@@ -353,7 +353,7 @@ class PointwiseTemplate(Template):
         sizes = [entry.size(n) for n in scalars]
         if d.flat or d.broadcast_flat:
             lines.append("_n = _out.numel()")
-            lines.append(f"_tiles = triton.cdiv(_n, {config['BLOCK']})")
+            lines.append(f"_tiles = _cdiv(_n, {config['BLOCK']})")
             even = f"_n % {config['BLOCK']} == 0"
             shape_args, consts = ["_n"], {"BLOCK": config["BLOCK"], "IDX64": "_idx64"}
             # each bias's stride along the last dim; C, HALF and each table's period compiled in
@@ -371,9 +371,9 @@ class PointwiseTemplate(Template):
             generic = [l for l in d.leaves if not l.dense]
             gl = ", ".join(f"({entry.var(l.node)}, {l.emb!r})" for l in generic)
             lines.append(f"_R, _C, _G1, _G2, _st = _frame_layout(_shape, ({rank - 1},), [{gl}])")
-            lines.append(f"_block_c = min(triton.next_power_of_2(_C), {config['BLOCK']})")
+            lines.append(f"_block_c = min(_pow2(_C), {config['BLOCK']})")
             lines.append(f"_block_r = max(1, {config['BLOCK']} // _block_c)")
-            lines.append("_tiles = triton.cdiv(_R, _block_r) * triton.cdiv(_C, _block_c)")
+            lines.append("_tiles = _cdiv(_R, _block_r) * _cdiv(_C, _block_c)")
             shape_args = ["_R", "_C", "_G1", "_G2"] + [f"*_st[{i}]" for i in range(len(generic))]
             even = "_R % _block_r == 0 and _C % _block_c == 0"
             consts = {"BLOCK_R": "_block_r", "BLOCK_C": "_block_c", "IDX64": "_idx64"}
@@ -398,5 +398,7 @@ def _item_bytes(dtype: str) -> int:
 EXTENT_HELPER = '''
 def _extent(t):
     """One past the largest element offset a tensor view reaches."""
+    if t.is_contiguous() and t.numel() > 0:
+        return t.numel()
     return 1 + sum((s - 1) * st for s, st in zip(t.shape, t.stride()) if s > 0)
 '''

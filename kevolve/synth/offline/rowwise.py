@@ -305,7 +305,7 @@ class RowwiseTemplate(Template):
         nprog = config["sm_count"] * config["programs_per_sm"]
 
         def grid_lines(bm: str) -> list[str]:
-            tiles = f"triton.cdiv(_R, {bm})"
+            tiles = f"_cdiv(_R, {bm})"
             return [f"_grid = min({tiles}, {nprog})" if config["persistent"] else f"_grid = {tiles}"]
 
         even_looped = even_flag(config, f"_N % {config['BLOCK_N']} == 0 and _R % {config['BLOCK_M']} == 0")
@@ -317,7 +317,7 @@ class RowwiseTemplate(Template):
             lines += looped
         else:
             even = even_flag(config, "_N == _bn and _R % _bm == 0")
-            whole = (["_bn = triton.next_power_of_2(_N)", f"_bm = max(1, min({config['BLOCK_M']}, {TILE_MAX} // _bn))"]
+            whole = (["_bn = _pow2(_N)", f"_bm = max(1, min({config['BLOCK_M']}, {TILE_MAX} // _bn))"]
                      + grid_lines("_bm")
                      + launch("_rowwise_whole_row", "(_grid,)", args, {"BLOCK_M": "_bm", "BLOCK_N": "_bn",
                                                                        "EVEN": even, "IDX64": "_idx64"},
