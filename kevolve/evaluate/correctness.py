@@ -169,9 +169,10 @@ class Watch:
         problems = self.sandbox.take_violations() if self.sandbox else []
         if self.snapshot is not None:
             problems += [f"replaced {name}" for name in self.snapshot.changed()]
-        started = live_threads() - threads_before
-        if started:
-            problems.append(f"left {len(started)} thread(s) running: {describe_threads(started)}")
+        now = live_threads()
+        if len(now) > len(threads_before):  # a net gain: a library may retire a thread as it starts one
+            problems.append(f"left {len(now) - len(threads_before)} thread(s) running: "
+                            f"{describe_threads(now - threads_before)}")
         if problems:
             raise CandidateFailure(Outcome.REJECTED, Check("sandbox", False, "; ".join(problems[:3])),
                                    reusable=False)
