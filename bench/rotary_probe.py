@@ -90,6 +90,8 @@ def pairs_rows(block_r, warps):
 
 
 def main() -> None:
+    if not torch.cuda.is_available():
+        sys.exit("no CUDA device: bench/rotary_probe.py times kernels on a GPU; run it on the GPU machine")
     spec = resolve_spec("rotary_embedding")
     runtime = OperatorRuntime(spec)
     dims = spec.shapes_for(False)[0]
@@ -112,7 +114,8 @@ def main() -> None:
         fns[f"torch.compile {mode}"] = torch.compile(lambda *a: ref(*a), dynamic=False, mode=mode)
     print(f"\n## rotary_embedding {dims}\n\n{time.strftime('%Y-%m-%dT%H:%MZ', time.gmtime())}, "
           f"{torch.cuda.get_device_name()}, torch {torch.__version__}, triton {triton.__version__}; "
-          "command: `python3 bench/rotary_probe.py`\n\n| kernel | us per call, median round (range) | correct |\n|---|---|---|")
+          "command: `python3 bench/rotary_probe.py`\n\n"
+          "| kernel | us per call, median round (range) | correct |\n|---|---|---|")
     correct = {label: compare(as_outputs(fn(*clone_all(xs)))[0], exact, spec.tolerance).ok for label, fn in fns.items()}
     times = {label: [] for label in fns}
     for _ in range(ROUNDS):
@@ -120,13 +123,15 @@ def main() -> None:
             times[label].append(call_us(lambda: fn(*xs)))
     for label in sorted(fns, key=lambda k: statistics.median(times[k])):
         t = times[label]
-        print(f"| {label} | {statistics.median(t):.1f} ({min(t):.1f}-{max(t):.1f}) | {'yes' if correct[label] else 'NO'} |")
+        ok = "yes" if correct[label] else "NO"
+        print(f"| {label} | {statistics.median(t):.1f} ({min(t):.1f}-{max(t):.1f}) | {ok} |")
     out = os.environ.get("OUT")
     if out:
         with tarfile.open(os.path.join(out, "rotary_kernels.tgz"), "w:gz") as tar:
             for root in (os.environ["TORCHINDUCTOR_CACHE_DIR"], os.environ["TRITON_CACHE_DIR"]):
                 for path in glob.glob(os.path.join(root, "**", "*"), recursive=True):
-                    if path.endswith((".ptx", ".ttgir")) or (path.endswith(".py") and "triton_poi" in open(path).read()):
+                    inductor_kernel = path.endswith(".py") and "triton_poi" in open(path).read()
+                    if path.endswith((".ptx", ".ttgir")) or inductor_kernel:
                         tar.add(path, arcname=os.path.relpath(path, "/"))
 
 

@@ -15,8 +15,10 @@ import time
 
 sys.path.insert(0, os.getcwd())
 import torch  # noqa: E402
+import triton  # noqa: E402
 
 from bench.rendered import entry_point  # noqa: E402
+from kevolve.errors import SpecError  # noqa: E402
 from kevolve.hardware.target import load_target  # noqa: E402
 from kevolve.specs import resolve_spec  # noqa: E402
 from kevolve.specs.runtime import OperatorRuntime  # noqa: E402
@@ -33,14 +35,13 @@ class NoLaunch:
         return lambda *args, **kwargs: None
 
 
-def host_us(name: str, calls: int = 2000, rounds: int = 5) -> float:
-    spec = resolve_spec(name)
+def host_us(spec, calls: int = 2000, rounds: int = 5) -> float:
     found = match_family(spec)
     config = template_for(found.family).seeds(found.match, spec, load_target("h200"))[0]
     fn = entry_point(render(spec, found.family, config), spec.entry_point)
     module = fn.__globals__
     for key, value in list(module.items()):
-        if hasattr(value, "run") and hasattr(value, "fn"):  # a JITFunction
+        if isinstance(value, triton.JITFunction):
             module[key] = NoLaunch()
     runtime = OperatorRuntime(spec)
     inputs = runtime.inputs(spec.shapes_for(True)[0], seed=0, device="cpu")
@@ -57,11 +58,15 @@ def host_us(name: str, calls: int = 2000, rounds: int = 5) -> float:
 
 def main() -> None:
     names = sys.argv[1:] or SPECS
+    try:
+        specs = [resolve_spec(name) for name in names]
+    except SpecError as exc:
+        sys.exit(f"{exc}; name example specs from specs/, e.g. {' '.join(SPECS[:3])}")
     print(f"# Wrapper host time\n\n{time.strftime('%Y-%m-%dT%H:%MZ', time.gmtime())}, torch {torch.__version__}, "
           f"Python {sys.version.split()[0]}, {os.cpu_count()} CPUs; command: `python3 bench/wrapper_host_time.py`. "
           "Median of 5 rounds of 2000 calls, kernels not launched.\n\n| spec | host us per call |\n|---|---|")
-    for name in names:
-        print(f"| {name} | {host_us(name):.1f} |")
+    for spec in specs:
+        print(f"| {spec.name} | {host_us(spec):.1f} |")
 
 
 if __name__ == "__main__":
