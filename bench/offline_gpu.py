@@ -194,25 +194,47 @@ def gather_ceiling(table, indices, bench, folder: Path) -> dict:
     return out
 
 
-def kernel_times(fn) -> dict[str, float]:
-    """Device microseconds of each kernel one call launches, medians over 20 calls: where a
+def kernel_times(fn, flush_bytes: int) -> dict[str, float]:
+    """Device microseconds of each kernel one call launches, medians over 20 calls, L2 flushed
+    before each (back to back, the next call finds the last one's bytes in L2): where a
     candidate of several kernels (a table and a search, rows and a reduction) spends its time,
     and what the gaps between them cost (best ms less their sum)."""
     import torch
     from torch.profiler import ProfilerActivity, profile
 
+    # flipped bits, not zeros: no candidate or baseline launches a bitwise-not kernel, so the
+    # flush's kernels are told apart by name
+    flush = torch.empty(max(flush_bytes, 1 << 20) // 4, dtype=torch.int32, device="cuda")
     for _ in range(3):
         fn()
     torch.cuda.synchronize()
     with profile(activities=[ProfilerActivity.CUDA]) as prof:
         for _ in range(20):
+            flush.bitwise_not_()
             fn()
         torch.cuda.synchronize()
     times: dict[str, list[float]] = {}
     for event in prof.events():
-        if event.device_type == torch.autograd.DeviceType.CUDA:
+        if event.device_type == torch.autograd.DeviceType.CUDA and "bitwise_not" not in event.name:
             times.setdefault(event.name, []).append(event.device_time)
     return {name: round(statistics.median(ts), 2) for name, ts in times.items()}
+
+
+def host_us(fn, calls: int = 200) -> float:
+    """Host microseconds a call takes to launch its work (the wrapper's Python and the kernel
+    launcher), the GPU's queue never draining meanwhile: do_bench counts this wherever it
+    outlasts the GPU's work between two timed calls."""
+    import torch
+
+    for _ in range(3):
+        fn()
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(calls):
+        fn()
+    elapsed = time.perf_counter() - t0
+    torch.cuda.synchronize()
+    return round(elapsed / calls * 1e6, 1)
 
 
 def launch_hidden_ms(fn, target) -> float:
@@ -272,6 +294,7 @@ def bench_spec(spec, device: str, ceilings: dict, args) -> dict:
     tol = spec.tolerance or Tolerance.for_dtype(str(expected.dtype).removeprefix("torch."))
     nbytes, flops, floor_ms = floor_of(runtime, dims, device, ceilings)
     bench = timer(device)
+    flush = int(2 * target.l2_cache_mib * (1 << 20))  # bytes written between profiled calls
     # The search ranks candidates as the harness times them: with do_bench a short kernel's
     # Python launch path decided the order (clamp_log1p's seeds, all 33-38 us kernels, took
     # 37-60 us on an H200), so configs were kept or dropped for their launch time.
@@ -294,7 +317,8 @@ def bench_spec(spec, device: str, ceilings: dict, args) -> dict:
             result[f"{name}_compile_s"] = round(time.perf_counter() - t0, 1)
             if device == "cuda":
                 result.setdefault("launch_hidden_ms", {})[name] = launch_hidden_ms(lambda: compiled(*xs), target)
-                result.setdefault("baseline_kernels_us", {})[name] = kernel_times(lambda: compiled(*xs))
+                result.setdefault("baseline_kernels_us", {})[name] = kernel_times(lambda: compiled(*xs), flush)
+                result.setdefault("host_us", {})[name] = host_us(lambda: compiled(*xs))
         except Exception as exc:
             result["baseline_errors"][name] = f"{type(exc).__name__}: {str(exc)[:200]}"
 
@@ -394,7 +418,8 @@ def bench_spec(spec, device: str, ceilings: dict, args) -> dict:
     if best and device == "cuda":
         code = attempts[json.dumps(best["config"], sort_keys=True)].code
         fn = runtime.candidate(load_candidate(code, folder, len(evaluated)), dims, device)
-        result["best_kernels_us"] = kernel_times(lambda: fn(*xs))
+        result["best_kernels_us"] = kernel_times(lambda: fn(*xs), flush)
+        result.setdefault("host_us", {})["best"] = host_us(lambda: fn(*xs))
         result.setdefault("launch_hidden_ms", {})["best"] = best["time_ms"]
         best["time_ms"] = bench(lambda: fn(*xs))  # by do_bench, as the baselines were timed
         if compiled_last:
@@ -408,6 +433,9 @@ def bench_spec(spec, device: str, ceilings: dict, args) -> dict:
         fraction_of_floor=floor_ms / best["time_ms"] if best else None,
         achieved_gbps=nbytes / (best["time_ms"] / 1e3) / 1e9 if best else None,
         fraction_of_copy=(nbytes / (best["time_ms"] / 1e3) / 1e9) / ceilings["copy_gbps"] if best else None,
+        # the bandwidth the kernels themselves reach, as ncu counts it: no launch, no event records
+        fraction_of_copy_kernels=(nbytes / (sum(result["best_kernels_us"].values()) / 1e6) / 1e9
+                                  / ceilings["copy_gbps"]) if result.get("best_kernels_us") else None,
         fraction_of_same_size_copy=result["same_size_copy_ms"] / best["time_ms"]
         if best and "same_size_copy_ms" in result else None,
         fraction_of_gather=(result["gather_ceiling"]["floor_ms"] / best["time_ms"]
@@ -434,19 +462,20 @@ def write(out: Path, stem: str, run: dict) -> int:
              "kernel's ramp and tail included. Launch hidden: the best and max-autotune timed again as the "
              "search's harness times them (the GPU kept busy while the host launches the call), so the Python "
              "launch path does not count. Head to head: the best and max-autotune timed by turns, five rounds "
-             "each, after the search (medians). Kernels: the sum of the profiler's kernel times of one call, max-autotune's "
-             "over the best's (below), untouched by the host.", "",
+             "each, after the search (medians). Kernels: the sum of the profiler's kernel times of one call (L2 "
+             "flushed before each), max-autotune's over the best's (below), untouched by the host; % copy BW, "
+             "kernels = the least bytes over that sum, against the copy bandwidth, as ncu would count it.", "",
              "| spec | family | eager ms | compile ms | max-autotune ms | best ms | vs max-autotune | "
              "vs max-autotune, head to head | vs max-autotune, launch hidden | vs max-autotune, kernels | % floor | "
-             "% copy BW | % same-size copy | % gather | evals (correct) | GPU s | best config |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "% copy BW | % copy BW, kernels | % same-size copy | % gather | evals (correct) | GPU s | best config |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
 
     def ms(v):
         return f"{v:.4f}" if isinstance(v, (int, float)) else "-"
 
     for s in run["specs"]:
         if "error" in s:
-            lines.append(f"| {s['spec']} | error: {s['error'][:80]} |" + " |" * 15)
+            lines.append(f"| {s['spec']} | error: {s['error'][:80]} |" + " |" * 16)
             continue
         b = s["baselines_ms"]
         best = s.get("best_ms")
@@ -464,11 +493,13 @@ def write(out: Path, stem: str, run: dict) -> int:
         kernels_vs = f"{theirs / ours:.2f}x" if theirs and ours else "-"
         floor = f"{100 * s['fraction_of_floor']:.0f}%" if best else "-"
         copy = f"{100 * s['fraction_of_copy']:.0f}%" if best and s["memory_bound"] else "-"
+        by_kernels = (f"{100 * s['fraction_of_copy_kernels']:.0f}%"
+                      if s.get("fraction_of_copy_kernels") and s["memory_bound"] else "-")
         same = f"{100 * s['fraction_of_same_size_copy']:.0f}%" if s.get("fraction_of_same_size_copy") else "-"
         gather = f"{100 * s['fraction_of_gather']:.0f}%" if s.get("fraction_of_gather") else "-"
         lines.append(
             f"| {s['spec']} | {s['family']} | {ms(b.get('eager'))} | {ms(b.get('compile_default'))} | "
-            f"{ms(b.get('compile_max_autotune'))} | {ms(best)} | {vs_best} | {duel_vs} | {hidden_vs} | {kernels_vs} | {floor} | {copy} | {same} | {gather} | "
+            f"{ms(b.get('compile_max_autotune'))} | {ms(best)} | {vs_best} | {duel_vs} | {hidden_vs} | {kernels_vs} | {floor} | {copy} | {by_kernels} | {same} | {gather} | "
             f"{s['evaluations']} ({s['correct']}) | {s['gpu_s']} | {cfg} |")
     lines += table("Gather ceiling (the rows an embedding bag reads, gathered with no reduction)",
                    ["spec", "rows read MB", "index_select ms (+ its write)", "best Triton gather ms", "GB/s",
@@ -482,10 +513,14 @@ def write(out: Path, stem: str, run: dict) -> int:
                      f"{100 * t['gbps'] / c['copy_gbps']:.0f}%", ms(s["best_ms"]),
                      f"{100 * t['stream_ms'] / s['best_ms']:.0f}%"]
                     for s in run["specs"] if (t := s.get("stream_ceiling")) and s.get("best_ms")])
-    lines += table("Kernels of each best candidate (device us per call, medians; profiler)",
-                   ["spec", "best ms", "kernels", "max-autotune's kernels"],
+    lines += table("Kernels of each best candidate (device us per call, medians; profiler) and host us a "
+                   "call takes to launch them (wrapper and launcher, the GPU busy meanwhile)",
+                   ["spec", "best ms", "kernels", "max-autotune's kernels", "host us: best", "compile default",
+                    "max-autotune"],
                    [[s["spec"], ms(s["best_ms"]), kernels(s["best_kernels_us"]),
                      kernels(s.get("baseline_kernels_us", {}).get("compile_max_autotune", {}))]
+                    + [f"{s['host_us'][k]:.1f}" if k in s.get("host_us", {}) else "-"
+                       for k in ("best", "compile_default", "compile_max_autotune")]
                     for s in run["specs"] if s.get("best_kernels_us")])
     failing = [s for s in run["specs"] if s.get("failures")]
     if failing:
