@@ -33,7 +33,7 @@ TRANSFORMED = {
     "gelu_tanh": [{"BLOCK": 128, "persistent": True, "programs_per_sm": 1}],
     "swiglu": [{"BLOCK": 512, "evict": "stream"}],
     "bias_gelu_residual": [{"BLOCK": 128}, {"BLOCK": 4096, "persistent": True, "programs_per_sm": 1},
-                           {"evict": "reuse"}],
+                           {"evict": "reuse"}, {"erf": "poly", "BLOCK": 256}],
     "clamp_log1p": [{"BLOCK": 64, "num_warps": 2}],
     "rotary_embedding": [{"BLOCK": 64}, {"BLOCK": 256, "persistent": True, "programs_per_sm": 1},
                          {"evict": "reuse"}, {"evict": "stream", "unmasked": True}],
@@ -99,6 +99,32 @@ def test_eviction_hints_follow_each_loads_role():
     reuse = render(gelu, base.origin.family, dict(base.origin.config, evict="reuse"))
     assert stream.count('"evict_first"') == 2 and reuse.count('"evict_first"') == 0  # x and the residual
     assert stream.count('"evict_last"') == reuse.count('"evict_last"') == 1  # the bias
+
+
+def test_the_erf_knob_is_seeded_only_where_erf_is_computed_and_its_polynomial_is_erf():
+    """gelu's exact form calls erf: its seed carries the knob, a spec without erf does not (a
+    step of it would repeat the parent). The polynomial in fp32 stays within 5e-7 of erf (1.5e-7
+    by its construction, the rest fp32 rounding: a few ulp near 1)."""
+    gelu = seed(load_spec(SPEC_DIR / "bias_gelu_residual.yaml"))
+    assert gelu.origin.config["erf"] == "library"
+    assert "erf" not in seed(load_spec(SPEC_DIR / "swiglu.yaml")).origin.config
+    poly = render(load_spec(SPEC_DIR / "bias_gelu_residual.yaml"), gelu.origin.family,
+                  dict(gelu.origin.config, erf="poly"))
+    assert "tl.erf(" in gelu.code and "tl.erf(" not in poly and "tl.exp(-a * a)" in poly
+
+    from kevolve.synth.offline.expr import POLY_ERF
+
+    module = load_module("import triton\nimport triton.language as tl\n\n" + POLY_ERF + """
+
+@triton.jit
+def erf_kernel(x_ptr, out_ptr, BLOCK: tl.constexpr):
+    offs = tl.arange(0, BLOCK)
+    tl.store(out_ptr + offs, _erf(tl.load(x_ptr + offs)))
+""")
+    x = torch.linspace(-6.0, 6.0, 4096)
+    got = torch.empty_like(x)
+    module.erf_kernel[(1,)](x, got, BLOCK=4096)
+    assert (got.double() - torch.erf(x.double())).abs().max().item() < 5e-7
 
 
 def test_ranked_transforms_of_every_seed_stay_correct():

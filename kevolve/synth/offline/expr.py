@@ -118,8 +118,8 @@ FLOAT_OPS: dict[str, Callable[[list[str], Node], str]] = {
     "reciprocal": lambda a, n: f"(1.0 / {a[0]})",
     "sigmoid": lambda a, n: f"tl.sigmoid({a[0]})",
     "tanh": lambda a, n: f"_tanh({a[0]})",
-    "erf": lambda a, n: f"tl.erf({a[0]})",
-    "erfc": lambda a, n: f"(1.0 - tl.erf({a[0]}))",
+    "erf": lambda a, n: f"_erf({a[0]})",
+    "erfc": lambda a, n: f"(1.0 - _erf({a[0]}))",
     "sin": lambda a, n: f"tl.sin({a[0]})",
     "cos": lambda a, n: f"tl.cos({a[0]})",
     "tan": lambda a, n: f"(tl.sin({a[0]}) / tl.cos({a[0]}))",
@@ -173,7 +173,23 @@ def _expm1(x):
 def _trunc(x):
     return tl.where(x < 0, tl.ceil(x), tl.floor(x))
 ''',
+    "_erf": '''@triton.jit
+def _erf(x):
+    return tl.erf(x)
+''',
 }
+
+# erf from one exponential, one reciprocal and a degree-5 polynomial (Abramowitz and Stegun
+# 7.1.26, |error| < 1.5e-7, about fp32's own rounding): fewer instructions than the math
+# library's erf, for kernels whose arithmetic, not their bytes, holds them back. The `erf` knob.
+POLY_ERF = '''@triton.jit
+def _erf(x):
+    a = tl.abs(x)
+    t = 1.0 / (1.0 + 0.3275911 * a)
+    p = t * (0.254829592 + t * (-0.284496736 + t * (1.421413741 + t * (-1.453152027 + t * 1.061405429))))
+    e = 1.0 - p * tl.exp(-a * a)
+    return tl.where(x < 0, -e, e)
+'''
 
 
 # Where the vendor's math library is faster: clamp_log1p's kernel ran 2% faster on an H200 with
@@ -188,13 +204,16 @@ def _log1p(x):
 LIBDEVICE_IMPORT = "from triton.language.extra import libdevice"
 
 
-def helpers_source(lines: list[str], libdevice: bool = False) -> str:
+def helpers_source(lines: list[str], libdevice: bool = False, erf: str = "library") -> str:
     """The @triton.jit helpers that the given kernel lines call; with `libdevice`, those the
-    vendor's library does faster call it."""
+    vendor's library does faster call it; with erf="poly", erf is the polynomial above."""
     text = "\n".join(lines)
     used = [name for name in HELPERS if f"{name}(" in text]
     vendor = [name for name in used if libdevice and name in LIBDEVICE_HELPERS]
-    sources = [LIBDEVICE_HELPERS[name] if name in vendor else HELPERS[name] for name in used]
+    chosen = dict(HELPERS, **{name: LIBDEVICE_HELPERS[name] for name in vendor})
+    if erf == "poly":
+        chosen["_erf"] = POLY_ERF
+    sources = [chosen[name] for name in used]
     return "\n\n".join(([LIBDEVICE_IMPORT] if vendor else []) + sources)
 
 

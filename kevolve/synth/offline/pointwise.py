@@ -164,11 +164,14 @@ def collect_leaves(graph: Graph, output: str, frame: tuple[str, ...]) -> tuple[L
 # rotate-half partner) with evict_last and leaves streams unhinted, as torch.compile writes them;
 # "stream" also reads streams evict_first.
 EVICT_BY_ROLE = Knob("evict", ("none", "reuse", "stream"), EVICT.doc + "; reuse: only the reused loads")
+# Seeded only where the graph computes erf (gelu's exact form): elsewhere it would change nothing.
+ERF = Knob("erf", ("library", "poly"), "erf from the math library, or from one exponential and a polynomial "
+           "(|error| < 1.5e-7): fewer instructions per element")
 
 
 class PointwiseTemplate(Template):
     families = ("pointwise", "rotary")
-    knobs = (BLOCK, NUM_WARPS, NUM_STAGES, PERSISTENT, PROGRAMS_PER_SM, EVICT_BY_ROLE, UNMASKED)
+    knobs = (BLOCK, NUM_WARPS, NUM_STAGES, PERSISTENT, PROGRAMS_PER_SM, EVICT_BY_ROLE, UNMASKED, ERF)
 
     def match(self, graph: Graph, spec: OperatorSpec) -> Match | None:
         rotations = {n.name for n in graph.nodes if rotate_half_source(graph, n)}
@@ -193,6 +196,8 @@ class PointwiseTemplate(Template):
         sm = target.sm_count
         base = {"BLOCK": 1024, "num_warps": 4, "num_stages": 1, "persistent": False, "programs_per_sm": 4,
                 "evict": "none", "unmasked": True, "sm_count": sm, **vendor_math(target)}
+        if any(base_op(n.op) in ("erf", "erfc") for n in trace(spec).nodes):
+            base["erf"] = "library"
         if target.interpreter:
             return [dict(base, BLOCK=1024, num_warps=1), dict(base, BLOCK=256, num_warps=1, persistent=True,
                                                               programs_per_sm=2, evict="stream", unmasked=False)]
@@ -302,7 +307,7 @@ class PointwiseTemplate(Template):
         kernel = ("@triton.jit\ndef _pointwise_kernel(" + ", ".join(params + consts) + "):\n"
                   + "\n".join(kernel_lines))
         wrapper = self._wrapper(entry, d, out, config, em.scalars)
-        helpers = helpers_source(em.lines, config.get("libdevice", False))
+        helpers = helpers_source(em.lines, config.get("libdevice", False), config.get("erf", "library"))
         return module_source(spec, entry, match.family, config, [helpers, kernel], wrapper,
                              helpers=[fr.HELPERS, EXTENT_HELPER])
 

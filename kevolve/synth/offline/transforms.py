@@ -25,6 +25,7 @@ PREFERENCES: dict[str, tuple[tuple[str, Any, str], ...]] = {
         ("aligned", True, "chunks on 16-byte boundaries: vector loads on rows of odd length"),
         ("lse", "one_exp", "one exponential per element: the exponentials' unit stops limiting"),
         ("unmasked", True, "no bounds masks where the tiles divide the shape: fewer instructions per load"),
+        ("erf", "poly", "erf from one exponential and a polynomial: fewer instructions per element"),
         ("static_n", True, "the row length compiled in: index math and loop bounds fold"),
         ("UNROLL", "up", "more gathered rows in flight"),
         ("BLOCK_L", "up", "more segment rows in flight"),
@@ -62,6 +63,7 @@ PREFERENCES: dict[str, tuple[tuple[str, Any, str], ...]] = {
     ),
     "compute": (
         ("tma", True, "operand tiles fetched by TMA: no address math or registers spent on loads"),
+        ("erf", "poly", "erf from one exponential and a polynomial: fewer instructions per element"),
         ("BLOCK_N", "up", "larger output tiles: more reuse per load"),
         ("BLOCK_M", "up", "larger output tiles: more reuse per load"),
         ("num_stages", "up", "deeper software pipelining"),
