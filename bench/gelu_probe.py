@@ -14,6 +14,8 @@ import os
 import statistics
 import sys
 
+sys.path.insert(0, os.getcwd())
+
 if not __import__("torch").cuda.is_available():
     sys.exit("gelu_probe: no CUDA device; run it on a GPU machine")
 
@@ -32,15 +34,24 @@ res = torch.randn(M, N, device="cuda", generator=g).bfloat16()
 exact = F.gelu(x.double() + bias.double()) + res.double()
 
 
-@triton.jit
-def _erf_as(z):
-    # Abramowitz and Stegun 7.1.26: |error| < 1.5e-7 on erf, one exp and one reciprocal (the
-    # offline template's `erf` knob, "poly")
-    a = tl.abs(z)
-    t = 1.0 / (1.0 + 0.3275911 * a)
-    p = t * (0.254829592 + t * (-0.284496736 + t * (1.421413741 + t * (-1.453152027 + t * 1.061405429))))
-    e = 1.0 - p * tl.exp(-a * a)
-    return tl.where(z < 0, -e, e)
+def _template_erf():
+    """The `erf` knob's polynomial as the template writes it (triton reads a kernel's source
+    from a file, so the helper goes through one)."""
+    import importlib.util
+    import tempfile
+    from pathlib import Path
+
+    from kevolve.synth.offline.expr import POLY_ERF
+
+    path = Path(tempfile.mkdtemp()) / "poly_erf.py"
+    path.write_text("import triton\nimport triton.language as tl\n\n" + POLY_ERF)
+    loaded = importlib.util.spec_from_file_location("poly_erf", path)
+    module = importlib.util.module_from_spec(loaded)
+    loaded.loader.exec_module(module)
+    return module._erf
+
+
+_erf_as = _template_erf()
 
 
 @triton.jit
