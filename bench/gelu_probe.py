@@ -6,7 +6,8 @@ of a copy of its bytes where swiglu reaches 99-103%. Here the template's flat ke
 no gelu at all (the bytes alone), against torch.compile max-autotune and a copy of the same bytes.
 Each variant's output is checked against a float64 reference: the largest error, and how many of
 its bf16 outputs differ from those of the tl.erf kernel. Times are kernel medians from the
-profiler, L2 flushed before each call, five rounds.
+profiler (bench/offline_gpu.py's kernel_times: medians of 20 calls, L2 flushed before each),
+five rounds.
 
     python3 bench/gelu_probe.py
 """
@@ -23,7 +24,8 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 import triton  # noqa: E402
 import triton.language as tl  # noqa: E402
-from torch.profiler import ProfilerActivity, profile  # noqa: E402
+
+from bench.offline_gpu import kernel_times  # noqa: E402
 
 M, N = 16384, 4096
 BLOCK, WARPS = 2048, 4
@@ -78,22 +80,11 @@ def flat(x_ptr, b_ptr, r_ptr, o_ptr, N: tl.constexpr, BLOCK: tl.constexpr, HOW: 
     tl.store(o_ptr + offs, (v + rv).to(o_ptr.dtype.element_ty))
 
 
-def kernel_us(fn, rounds=5, calls=20):
-    """Median device time of fn's kernels, L2 flushed before each call (a bitwise-not of 2x L2)."""
-    flush = torch.empty(256 << 20 >> 2, dtype=torch.int32, device="cuda")
-    medians = []
-    for _ in range(rounds):
-        fn()
-        torch.cuda.synchronize()
-        with profile(activities=[ProfilerActivity.CUDA]) as prof:
-            for _ in range(calls):
-                flush.bitwise_not_()
-                fn()
-            torch.cuda.synchronize()
-        per_call = [e.device_time for e in prof.events()
-                    if e.device_type == torch.autograd.DeviceType.CUDA and "bitwise_not" not in e.name]
-        medians.append(sum(per_call) / calls)
-    return statistics.median(medians), min(medians), max(medians)
+def kernel_us(fn, rounds=5):
+    """Device time of fn's kernels per call, L2 flushed before each call: the median, least and
+    most of `rounds` rounds."""
+    sums = [sum(kernel_times(fn, flush_bytes=256 << 20).values()) for _ in range(rounds)]
+    return statistics.median(sums), min(sums), max(sums)
 
 
 def main():

@@ -237,15 +237,14 @@ def host_us(fn, calls: int = 200) -> float:
     return round(elapsed / calls * 1e6, 1)
 
 
-def launch_hidden_ms(fn, target) -> float:
+def launch_hidden_ms(fn, flush_bytes: int) -> float:
     """The call's time as the search's harness takes it: L2 flushed, and the GPU kept busy while
     the host launches the call, so a slower Python launch path (a candidate's wrapper and Triton's
     launcher against inductor's) does not count; do_bench, above, counts it when the launch
     outlasts its cache flush."""
     from kevolve.evaluate.timing import time_cuda
 
-    flush = int(2 * target.l2_cache_mib * (1 << 20))
-    return time_cuda(lambda: fn(), [()], trials=100, flush_bytes=flush).median_ms
+    return time_cuda(lambda: fn(), [()], trials=100, flush_bytes=flush_bytes).median_ms
 
 
 def head_to_head(contenders: dict, bench, rounds: int = 5) -> dict[str, float]:
@@ -294,11 +293,11 @@ def bench_spec(spec, device: str, ceilings: dict, args) -> dict:
     tol = spec.tolerance or Tolerance.for_dtype(str(expected.dtype).removeprefix("torch."))
     nbytes, flops, floor_ms = floor_of(runtime, dims, device, ceilings)
     bench = timer(device)
-    flush = int(2 * target.l2_cache_mib * (1 << 20))  # bytes written between profiled calls
+    flush = int(2 * target.l2_cache_mib * (1 << 20))  # bytes written between timed calls
     # The search ranks candidates as the harness times them: with do_bench a short kernel's
     # Python launch path decided the order (clamp_log1p's seeds, all 33-38 us kernels, took
     # 37-60 us on an H200), so configs were kept or dropped for their launch time.
-    rank = (lambda fn: launch_hidden_ms(fn, target)) if device == "cuda" else bench
+    rank = (lambda fn: launch_hidden_ms(fn, flush)) if device == "cuda" else bench
     result = {"spec": spec.name, "family": family, "dims": dict(dims), "min_bytes": nbytes, "flops": flops,
               "floor_ms": floor_ms, "baselines_ms": {}, "baseline_errors": {}}
     result["baselines_ms"]["eager"] = bench(lambda: ref(*xs))
@@ -316,7 +315,7 @@ def bench_spec(spec, device: str, ceilings: dict, args) -> dict:
             result["baselines_ms"][name] = bench(lambda: compiled(*xs))
             result[f"{name}_compile_s"] = round(time.perf_counter() - t0, 1)
             if device == "cuda":
-                result.setdefault("launch_hidden_ms", {})[name] = launch_hidden_ms(lambda: compiled(*xs), target)
+                result.setdefault("launch_hidden_ms", {})[name] = launch_hidden_ms(lambda: compiled(*xs), flush)
                 result.setdefault("baseline_kernels_us", {})[name] = kernel_times(lambda: compiled(*xs), flush)
                 result.setdefault("host_us", {})[name] = host_us(lambda: compiled(*xs))
         except Exception as exc:

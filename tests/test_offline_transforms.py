@@ -109,7 +109,7 @@ def test_the_erf_knob_is_seeded_only_where_erf_is_computed_and_its_polynomial_is
     assert gelu.origin.config["erf"] == "poly"
     assert "erf" not in seed(load_spec(SPEC_DIR / "swiglu.yaml")).origin.config
     library = render(load_spec(SPEC_DIR / "bias_gelu_residual.yaml"), gelu.origin.family,
-                  dict(gelu.origin.config, erf="library"))
+                     dict(gelu.origin.config, erf="library"))
     assert "tl.erf(" in library and "tl.erf(" not in gelu.code and "tl.exp(-a * a)" in gelu.code
 
     from kevolve.synth.offline.expr import POLY_ERF
