@@ -77,11 +77,17 @@ def gpu_doc() -> dict:
                best_ms=0.09, speedup={"eager": 3.0, "compile_default": 1.78, "compile_max_autotune": None},
                fraction_of_floor=0.95, floor_ms=0.085, bound="memory", evaluations=6, correct=6, gpu_s=4.2,
                wall_s=30.0, llm_tokens=0, curve=[(1, 1.5), (2, 1.78)], report="", kernel="", error="")
+    row.update(best_spread=0.02, baselines_spread={"eager": 0.01, "compile_default": 0.03, "compile_max_autotune": None})
     slow = dict(row, spec="matmul", speedup={"eager": 0.9, "compile_default": 0.8, "compile_max_autotune": 0.5},
+                baselines_ms={"eager": 0.3, "compile_default": 0.32, "compile_max_autotune": 0.2}, best_ms=0.4,
                 baseline_errors={}, curve=[(1, 0.5)])
+    # 0.2 ms against 0.196: 2% apart, inside the baseline's 3% spread but not the best's 1%
+    tie = dict(slow, spec="rope", speedup={"eager": 1.5, "compile_default": 1.6, "compile_max_autotune": 0.98},
+               best_ms=0.204, best_spread=0.01, baselines_spread={"eager": 0.01, "compile_default": 0.01,
+                                                                  "compile_max_autotune": 0.03})
     return {"date": "2026-12-01", "target": "h100-sxm", "interpreter": False, "device": "NVIDIA H100 80GB HBM3",
             "command": "kevolve bench", "software": {"python": "3.12", "torch": "2.11", "triton": "3.6"},
-            "settings": vars(BenchSettings()), "specs": [row, slow, dict(row, spec="x", status="not run",
+            "settings": vars(BenchSettings()), "specs": [row, slow, tie, dict(row, spec="x", status="not run",
                                                                          error="suite time limit (480 s)")]}
 
 
@@ -90,9 +96,13 @@ def test_gpu_figures_are_tabled_with_speedups_and_plotted(tmp_path):
 
     doc = gpu_doc()
     text = markdown(doc, "bench_suite")
-    assert "| softmax | search r1 | 0.27 | 0.16 | - | 0.09 | 3.00x | 1.78x | - | 95% | memory | 6 (6) | 4.2 | 0 |" in text
-    assert "Faster than every baseline on 1 of 3 specs" in text  # matmul loses to max-autotune
-    assert "geometric mean speedup over the fastest baseline: 0.94x" in text  # sqrt(1.78 * 0.5)
+    assert ("| softmax | search r1 | 0.27 | 0.16 | - | 0.09 | 3.00x | 1.78x | - | faster | 95% | memory | 6 (6) "
+            "| 4.2 | 0 |") in text
+    assert "| 0.50x | slower | 95% |" in text
+    assert "| 0.98x | tie (spread 3.0%) | 95% |" in text
+    assert "Faster than every baseline on 1 of 4 specs" in text  # matmul and rope lose to max-autotune
+    assert "geometric mean speedup over the fastest baseline: 0.96x" in text  # cbrt(1.78 * 0.5 * 0.98)
+    assert "beyond the timings' spread: faster on 1, slower on 1; within it (a tie): 1." in text
     assert "softmax, max-autotune: boom" in text and "| x | not run: suite time limit (480 s) |" in text
     svgs = plots(doc)
     assert "Best kernel's speedup per spec" in svgs["speedup"] and "n/a" in svgs["speedup"]

@@ -71,6 +71,9 @@ class SpecResult:
     baseline_errors: dict[str, str] = field(default_factory=dict)
     best_ms: float | None = None
     speedup: dict[str, float | None] = field(default_factory=dict)  # baseline time / best time
+    # each timing's p20-p80 range over its median: how far apart two medians must be to differ
+    baselines_spread: dict[str, float | None] = field(default_factory=dict)
+    best_spread: float | None = None
     fraction_of_floor: float | None = None
     floor_ms: float | None = None
     bound: str | None = None
@@ -226,6 +229,7 @@ def _fill(result: SpecResult, best: Evaluation | None, evaluator: Any, interpret
     base = None if interpreter else evaluator.baselines()
     if base is not None:
         result.baselines_ms = {n: (t.median_ms if (t := base.get(n)) else None) for n in BASELINE_NAMES}
+        result.baselines_spread = {n: (round(t.spread, 4) if (t := base.get(n)) else None) for n in BASELINE_NAMES}
         result.baseline_errors = dict(base.errors)
     if best is None or not best.correct:
         result.status = "no correct kernel"
@@ -234,6 +238,7 @@ def _fill(result: SpecResult, best: Evaluation | None, evaluator: Any, interpret
     if interpreter or best.timing is None or best.timing.interpreter:
         return  # no kernel speed: no time, no speedup, no roofline figure
     result.best_ms = best.timing.median_ms
+    result.best_spread = round(best.timing.spread, 4)
     result.speedup = {n: (ms / best.timing.median_ms if ms else None) for n, ms in result.baselines_ms.items()}
     if best.diagnosis is not None:
         result.fraction_of_floor = best.diagnosis.fraction_of_floor
@@ -271,13 +276,36 @@ def _error(exc: BaseException) -> str:
     return (getattr(exc, "message", None) or f"{type(exc).__name__}: {exc}").splitlines()[0][:300]
 
 
+def fastest_and_spread(row: dict[str, Any]) -> tuple[float, float] | None:
+    """The fastest baseline's time and the wider of its and the best's p20-p80 spreads; None for
+    no timed kernel or baseline, or figures from before spreads were kept."""
+    timed = [(ms, n) for n, ms in row["baselines_ms"].items() if ms]
+    if row.get("best_ms") is None or row.get("best_spread") is None or not timed:
+        return None
+    base_ms, name = min(timed)
+    return base_ms, max(row["best_spread"], (row.get("baselines_spread") or {}).get(name) or 0.0)
+
+
+def against_fastest(row: dict[str, Any]) -> str:
+    """"faster", "tie" or "slower" than the fastest baseline ("" where unknown). A tie is two
+    medians closer than the wider spread: the rule by which a search confirms a new best."""
+    if (found := fastest_and_spread(row)) is None:
+        return ""
+    (base_ms, spread), best_ms = found, row["best_ms"]
+    if abs(base_ms - best_ms) <= spread * min(base_ms, best_ms):
+        return "tie"
+    return "faster" if best_ms < base_ms else "slower"
+
+
 def one_line(r: SpecResult, interpreter: bool) -> str:
     if r.status != "ok":
         return f"{r.spec}: {r.status}" + (f" ({r.error})" if r.error else "")
     if interpreter or r.best_ms is None:
         return f"{r.spec}: correct kernel ({r.source}; interpreter: no kernel speed), {r.evaluations} evaluations"
     vs = ", ".join(f"{s:.2f}x {BASELINE_LABELS[n]}" for n, s in r.speedup.items() if s is not None)
-    return f"{r.spec}: {r.best_ms:.4g} ms ({vs}) from {r.source}, {r.evaluations} evaluations"
+    verdict = against_fastest(asdict(r))
+    verdict = "; a tie with the fastest, within the timings' spread" if verdict == "tie" else ""
+    return f"{r.spec}: {r.best_ms:.4g} ms ({vs}{verdict}) from {r.source}, {r.evaluations} evaluations"
 
 
 # Writing ---------------------------------------------------------------------------------------
@@ -319,14 +347,16 @@ def markdown(doc: dict[str, Any], name: str, drawn: bool = True) -> str:
               + (f" or {s['wall_time_s']:g} s" if s["wall_time_s"] else "")
               + ". Times: the harness's medians (CUDA events, L2 flushed, inputs rotated); baselines timed "
                 "the same way in the same run. Speedup = baseline time / best time. % floor = roofline floor "
-                "(measured ceilings) / best time. GPU s = the evaluations' worker wall clock.", ""]
+                "(measured ceilings) / best time. GPU s = the evaluations' worker wall clock. "
+                "vs fastest: a tie where the best and the fastest baseline differ by less than the wider "
+                "of their timings' p20-p80 spreads (shown).", ""]
     ms_head = "interp. s" if interp else "GPU s"
     lines += ["| spec | source | eager ms | compile ms | max-autotune ms | best ms | x eager | x compile | "
-              f"x max-autotune | % floor | bound | evals (correct) | {ms_head} | LLM tokens |",
-              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+              f"x max-autotune | vs fastest | % floor | bound | evals (correct) | {ms_head} | LLM tokens |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in doc["specs"]:
         if r["status"] in ("error", "not run"):
-            lines.append(f"| {r['spec']} | {r['status']}: {r['error'][:120]} |" + " - |" * 12)
+            lines.append(f"| {r['spec']} | {r['status']}: {r['error'][:120]} |" + " - |" * 13)
             continue
         b, x = r["baselines_ms"], r["speedup"]
         best = ms_cell(r["best_ms"]) if r["status"] == "ok" else "none correct"
@@ -337,16 +367,21 @@ def markdown(doc: dict[str, Any], name: str, drawn: bool = True) -> str:
         lines.append(f"| {r['spec']} | {source} | {ms_cell(b.get('eager'))} | "
                      f"{ms_cell(b.get('compile_default'))} | {ms_cell(b.get('compile_max_autotune'))} | {best} | "
                      f"{speedup_cell(x.get('eager'))} | {speedup_cell(x.get('compile_default'))} | "
-                     f"{speedup_cell(x.get('compile_max_autotune'))} | {floor} | "
+                     f"{speedup_cell(x.get('compile_max_autotune'))} | {verdict_cell(r)} | {floor} | "
                      f"{r['bound'] or '-'} | {r['evaluations']} ({r['correct']}) | {r['gpu_s']:.1f} | "
                      f"{r['llm_tokens']} |")
     ok = [r for r in doc["specs"] if r["status"] == "ok" and r["best_ms"] is not None]
     if ok:
         fastest = [min((v for v in r["speedup"].values() if v is not None), default=None) for r in ok]
+        verdicts = [against_fastest(r) for r in ok]
         wins = sum(1 for v in fastest if v is not None and v > 1.0)
-        lines += ["", f"Faster than every baseline on {wins} of {len(doc['specs'])} specs; "
-                      f"geometric mean speedup over the fastest baseline: {_geomean(fastest):.2f}x "
-                      f"(over the {len(ok)} specs with a timed kernel)."]
+        lines += ["", f"Faster than every baseline on {wins} of {len(doc['specs'])} specs; geometric mean speedup "
+                      f"over the fastest baseline: {_geomean(fastest):.2f}x (over the {len(ok)} specs with a timed "
+                      f"kernel)."]
+        if any(verdicts):
+            lines[-1] += (f" Against the fastest baseline, beyond the timings' spread: faster on "
+                          f"{verdicts.count('faster')}, slower on {verdicts.count('slower')}; within it (a tie): "
+                          f"{verdicts.count('tie')}.")
     missing = [(r["spec"], n, e) for r in doc["specs"] for n, e in r["baseline_errors"].items()]
     if missing:
         lines += ["", "Baselines that could not be timed:", ""]
@@ -383,6 +418,13 @@ def plots(doc: dict[str, Any]) -> dict[str, str]:
 
 def ms_cell(v: float | None) -> str:
     return f"{v:.4g}" if isinstance(v, (int, float)) else "-"
+
+
+def verdict_cell(row: dict[str, Any]) -> str:
+    verdict = against_fastest(row)
+    if verdict == "tie":
+        return f"tie (spread {100 * fastest_and_spread(row)[1]:.1f}%)"
+    return verdict or "-"
 
 
 def speedup_cell(v: float | None) -> str:
