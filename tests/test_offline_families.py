@@ -366,6 +366,24 @@ def test_pointwise_reads_a_table_of_the_trailing_dims_at_offs_mod_its_size(tmp_p
         assert problems(spec, candidate.code) == [], candidate.origin.config
 
 
+def test_rows_up_to_the_longest_whole_row_tile_are_seeded_whole(tmp_path):
+    h100 = load_target("h100-sxm")
+    spec = load_spec(REPO / "specs" / "softmax_fp32.yaml")  # rows of 32000
+    gpu = OfflineSynthesizer().propose(SynthesisRequest(spec=spec, target=h100, ceilings=datasheet_ceilings(h100)))[0]
+    assert {k: gpu.origin.config[k] for k in ("variant", "BLOCK_N", "num_warps")} == {
+        "variant": "whole_row", "BLOCK_N": 32768, "num_warps": 16}
+    # the same seed under the interpreter: a row that fills the tile, and a short one beside it
+    long_rows = write_spec(tmp_path, "softmax_long", """
+        import torch
+        def softmax_long(x):
+            return torch.softmax(x, dim=-1)
+        """, ["{name: x, shape: [M, N], dtype: fp32, dist: {kind: normal, std: 4.0}}"],
+        ["{M: 2, N: 20000}", "{M: 3, N: 700}"])
+    (candidate,) = seeds(long_rows)
+    assert candidate.origin.config["variant"] == "whole_row" and candidate.origin.config["BLOCK_N"] == 32768
+    assert problems(long_rows, candidate.code) == []
+
+
 def test_log1p_calls_libdevice_on_gpus_and_a_portable_formula_under_the_interpreter():
     from kevolve.evaluate.static_checks import rejection_reason, static_checks
 
