@@ -81,7 +81,7 @@ def gpu_doc() -> dict:
     slow = dict(row, spec="matmul", speedup={"eager": 0.9, "compile_default": 0.8, "compile_max_autotune": 0.5},
                 baselines_ms={"eager": 0.3, "compile_default": 0.32, "compile_max_autotune": 0.2}, best_ms=0.4,
                 baseline_errors={}, curve=[(1, 0.5)])
-    # 0.2 ms against 0.196: 2% apart, inside the baseline's 3% spread but not the best's 1%
+    # 0.204 ms against 0.2: 2% apart, inside the baseline's 3% spread but not the best's 1%
     tie = dict(slow, spec="rope", speedup={"eager": 1.5, "compile_default": 1.6, "compile_max_autotune": 0.98},
                best_ms=0.204, best_spread=0.01, baselines_spread={"eager": 0.01, "compile_default": 0.01,
                                                                   "compile_max_autotune": 0.03})

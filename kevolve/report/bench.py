@@ -291,8 +291,10 @@ def against_fastest(row: dict[str, Any]) -> str:
     medians closer than the wider spread: the rule by which a search confirms a new best."""
     if (found := fastest_and_spread(row)) is None:
         return ""
+    from kevolve.search.fitness import within_spread  # the search package is heavy to import
+
     (base_ms, spread), best_ms = found, row["best_ms"]
-    if abs(base_ms - best_ms) <= spread * min(base_ms, best_ms):
+    if within_spread(base_ms, best_ms, spread):
         return "tie"
     return "faster" if best_ms < base_ms else "slower"
 

@@ -53,6 +53,11 @@ def timed(evaluation: Evaluation) -> bool:
     return evaluation.correct and evaluation.timing is not None and not evaluation.timing.interpreter
 
 
+def within_spread(a_ms: float, b_ms: float, spread: float) -> bool:
+    """Two medians closer than `spread` (a fraction of the smaller): timing cannot tell them apart."""
+    return abs(a_ms - b_ms) <= spread * min(a_ms, b_ms)
+
+
 def confirmed_fitness(first: Evaluation, again: Evaluation, baseline: str, noise: float,
                       baselines: Baselines | None = None) -> float:
     """Fitness after re-measuring: the first figure when the two agree within noise (or the
@@ -62,8 +67,7 @@ def confirmed_fitness(first: Evaluation, again: Evaluation, baseline: str, noise
         return 0.0
     if not (timed(first) and timed(again)):
         return min(a, b)
-    t1, t2 = first.timing.median_ms, again.timing.median_ms
     tolerance = max(noise, first.timing.spread, again.timing.spread)
-    if abs(t2 - t1) <= tolerance * min(t1, t2):
+    if within_spread(first.timing.median_ms, again.timing.median_ms, tolerance):
         return a
     return min(a, b)
